@@ -1,0 +1,74 @@
+# Two commands set everything up on a fresh machine:
+#   make run    -> .venv with everything, then a dev daemon in the foreground
+#   make test   -> .venv if needed, then the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU torch: small and enough for the tiny model.  Override for a GPU box, e.g.
+#   make venv TORCH_SPEC='torch==2.11.0'
+TORCH_SPEC ?= torch==2.13.0
+PORT ?= 8080
+# CPU torch on 2 shared cores is up to 100x slower with 2 threads than with one.
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE := 1
+
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test lint typecheck test-deps unit integration packaging deb bench-cpu clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q '$(TORCH_SPEC)'
+	$(PIP) install -q -e '.[dev]'
+	@# f5-tts pulls a CUDA build of torchaudio.  We use only its pure-Python transforms
+	@# (MelSpectrogram) and do all audio I/O with soundfile, so its compiled op library,
+	@# which cannot load beside a CPU torch, is removed.  See README "Why torchaudio ...".
+	$(PY) -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)' || \
+	  rm -f $(VENV)/lib/python*/site-packages/torchaudio/lib/_torchaudio.abi3.so
+	$(PY) -c 'import torchaudio.transforms, f5_tts.model.cfm' >/dev/null
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/ishowttsd --dev --port $(PORT)
+
+# Tools the tests drive for real: curl (admin socket), sox-free audio checks use soundfile.
+# Chromium for the listening-page browser test; systemd-nspawn etc. for the .deb test (root only).
+APT_TEST_PKGS := curl chromium
+APT_DEB_PKGS := systemd-container debootstrap debhelper dh-virtualenv python3-venv lintian dpkg-dev zstd
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_TEST_PKGS) $(APT_DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	else echo "not root: skipping apt packages (tests needing them will skip)"; fi
+
+test: $(STAMP) test-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration
+
+packaging: $(STAMP) test-deps
+	$(VENV)/bin/pytest -q tests/packaging
+
+bench-cpu: $(STAMP)
+	$(PY) bench/rtf.py --tiny --device cpu
+
+clean:
+	rm -rf .dev dist build *.egg-info

@@ -1,0 +1,3 @@
+from ishowttsd.cli import main
+
+raise SystemExit(main())
