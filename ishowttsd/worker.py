@@ -96,6 +96,7 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._seq = itertools.count()
         self.served = 0
+        self.served_live = 0
 
     # --- called from the event loop -------------------------------------------------
     def start(self) -> None:
@@ -218,5 +219,7 @@ class Worker:
         synthesis = slot.engine.synthesize(voice, req, on_chunk=on_chunk, should_stop=should_stop)
         finished = time.monotonic()
         self.served += 1
+        if job.priority == LIVE:
+            self.served_live += 1
         return JobResult(synthesis=synthesis, queue_wait_s=started - job.enqueued_at,
                          started_at=started, finished_at=finished)
