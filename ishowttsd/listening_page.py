@@ -190,7 +190,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
   .side audio { width:100%; }
   .side img { width:100%; border-radius:4px; margin:6px 0; background:#000; }
   .field { display:flex; align-items:center; gap:8px; margin:3px 0; flex-wrap:wrap; }
-  .field > span:first-child { width:92px; color:var(--muted); }
+  .field > span:first-child { width:110px; color:var(--muted); }
   .field label { cursor:pointer; }
   .field input[type=text] { flex:1; min-width:120px; padding:3px 6px; }
   .meta { display:flex; gap:16px; align-items:center; margin-top:8px; flex-wrap:wrap; }
@@ -293,8 +293,8 @@ function render() {
   if (DATA.untrained) {
     const banner = document.getElementById("untrained");
     banner.hidden = false;
-    banner.textContent = "Untrained model: " + DATA.untrained_note
-      + ". These clips are noise; rate them only to test the page.";
+    const note = DATA.untrained_note.charAt(0).toUpperCase() + DATA.untrained_note.slice(1);
+    banner.textContent = note + ". Rate these clips only to try the page out.";
   }
 }
 

@@ -50,6 +50,14 @@ def _series(records: Sequence[Mapping[str, Any]]) -> dict[Any, list[tuple[dateti
     return out
 
 
+def _nfe_order(item: tuple[Any, Any]) -> tuple[int, float, str]:
+    """Numeric NFEs in numeric order (7 before 32), anything else after them."""
+    nfe = item[0]
+    if isinstance(nfe, (int, float)) and not isinstance(nfe, bool):
+        return (0, float(nfe), "")
+    return (1, 0.0, str(nfe))
+
+
 def plot_history(records: Sequence[Mapping[str, Any]], path: Path | str, thresholds: SelfcheckConfig) -> Path:
     """RTF over time, one line per NFE (mean, with max as faint marks), and the threshold lines."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
@@ -57,21 +65,22 @@ def plot_history(records: Sequence[Mapping[str, Any]], path: Path | str, thresho
     fig = _figure(9, 4.5)
     ax = fig.add_subplot()
     series = _series(records)
-    for nfe, points in sorted(series.items(), key=lambda kv: str(kv[0])):
+    for nfe, points in sorted(series.items(), key=_nfe_order):
         points.sort()
         times = date2num([p[0] for p in points])
         (line,) = ax.plot(times, [p[1] for p in points], marker="o", label=f"NFE {nfe} mean")
         ax.scatter(times, [p[2] for p in points], marker="^", alpha=0.35, color=line.get_color())
     mean_label = f"max mean RTF {thresholds.max_mean_rtf:g}"
-    ax.axhline(thresholds.max_mean_rtf, color="tab:orange", linestyle="--", label=mean_label)
-    ax.axhline(thresholds.max_rtf, color="tab:red", linestyle=":", label=f"max RTF {thresholds.max_rtf:g}")
+    # Thresholds in greys/black so they never share a colour with an NFE series.
+    ax.axhline(thresholds.max_mean_rtf, color="black", linestyle="--", label=mean_label)
+    ax.axhline(thresholds.max_rtf, color="dimgray", linestyle=":", label=f"max RTF {thresholds.max_rtf:g}")
     if not series:
         ax.text(0.5, 0.5, "no self-check history yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("ishowttsd self-check: real-time factor over time (triangles: max RTF)")
     ax.set_ylabel("RTF (lower is faster)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     if series:
         locator = AutoDateLocator()
         ax.xaxis.set_major_locator(locator)
