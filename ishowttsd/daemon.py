@@ -150,7 +150,7 @@ class Daemon:
         if self._stop.is_set():
             await self._teardown()
             return EX_OK
-        await asyncio.wrap_future(self.worker.call(lambda _old: self.worker.install(slot)))
+        await self._install(slot)
         self._model_identity = self._identity(self._cfg)
         self._ready_reason = None
         status = self._status_line()
@@ -230,6 +230,12 @@ class Daemon:
         engine.warm_up(warm_voice, nfes)
         return ModelSlot(engine=engine, voices=voices, spec=cfg.model, voice_errors=errors)
 
+    async def _install(self, slot: ModelSlot) -> None:
+        await asyncio.wrap_future(self.worker.call(lambda _old: self.worker.install(slot)))
+        info = slot.engine.info.as_dict()
+        self.metrics.model.info({k: str(info.get(k)) for k in ("architecture", "weights", "untrained", "device",
+                                                                "precision", "gpu_name", "f5_tts_version")})
+
     def _identity(self, cfg: Config) -> tuple[Any, ...]:
         m = cfg.model
         return (model_key(cfg), _file_identity(m.weights) if m.weights != UNTRAINED else None)
@@ -292,7 +298,7 @@ class Daemon:
         swap_model = identity != self._model_identity or old_slot is None
         reuse = None if swap_model else old_slot.engine if old_slot else None
         new_slot = await self._load_slot(new_cfg, engine=reuse)
-        await asyncio.wrap_future(self.worker.call(lambda _old: self.worker.install(new_slot)))
+        await self._install(new_slot)
         self._cfg = new_cfg
         self._model_identity = identity
         self.settings.rebase(self._baseline(new_cfg), self._baseline_sources(new_cfg))
