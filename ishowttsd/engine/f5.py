@@ -1,0 +1,453 @@
+"""The F5-TTS engine: load a model once, keep it warm, turn requests into 24 kHz audio.
+
+One ``Engine`` is owned by one worker thread (torch work is never shared between threads);
+``load`` may run on another thread before that.  Nothing here downloads anything: weights,
+vocab and vocoder are local paths, or built in-process with seeded random weights
+("untrained", for tests and speed measurements: its audio is noise).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint, sampler, text
+from .paths import default_vocab, f5_version
+from .presets import HOP_LENGTH, N_FFT, N_MELS, WIN_LENGTH, get_preset
+from .spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, UNTRAINED, ModelSpec, SynthesisRequest, VoiceSpec
+from .upstream import DiT, MelSpec, convert_char_to_pinyin, list_str_to_idx
+from .vocoder import Vocoder, VocoderLoadError, build_untrained, load_local
+from .voices import PreparedVoice, Reference, ReferenceCache, ReferenceError
+
+log = logging.getLogger("ishowttsd.engine")
+
+__all__ = [
+    "Cancelled",
+    "Engine",
+    "EngineError",
+    "EngineInfo",
+    "PreparedVoice",
+    "Synthesis",
+    "VoiceError",
+]
+
+# Peak below this (-80 dBFS) counts as silence: no real chunk of speech is that quiet.
+_SILENT_PEAK = 1e-4
+_WARMUP_TEXT = "Warming up the speech engine, one moment please."
+_MEL_CACHE_SIZE = 64
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class EngineError(Exception):
+    """The model cannot be loaded or warmed up; the message is for the operator."""
+
+
+class VoiceError(EngineError):
+    """One voice's reference is unusable; the message names the voice and says why."""
+
+
+class Cancelled(EngineError):
+    """``should_stop()`` returned True between chunks."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    architecture: str
+    weights: str
+    untrained: bool
+    device: str
+    precision: str
+    gpu_name: str | None
+    parameters: int  # DiT parameters (the vocoder's are in vocoder_parameters)
+    torch_version: str
+    cuda_version: str | None
+    f5_tts_version: str
+    vocoder: str = ""
+    vocoder_parameters: int = 0
+    vocab: str = ""
+    vocab_size: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Synthesis:
+    audio: np.ndarray  # float32 mono at sample_rate
+    sample_rate: int
+    nfe: int
+    chunks: int
+    timings: dict[str, float]  # seconds: text_prep, ode, vocoder, total
+    fp32_fallback: bool
+    seed: int = 0  # the seed actually used (drawn at random when the request had none)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def _resolve_device(name: str) -> torch.device:
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+        device = torch.device(name)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise EngineError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device("cuda", index)
+    raise EngineError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
+
+
+def _resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 7:
+            return "fp16"
+        return "fp32"
+    if name not in _DTYPES:
+        raise EngineError(f"unknown precision {name!r} (use auto, fp16, bf16 or fp32)")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise EngineError(f"precision bf16 is not supported on {torch.cuda.get_device_name(device)}")
+    return name
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    """vocab.txt as upstream's get_tokenizer("custom") reads it: one token per line, index = line."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            lines = f.readlines()
+    except OSError as exc:
+        raise EngineError(f"vocab {path} cannot be read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise EngineError(f"vocab {path} is not UTF-8 text") from exc
+    vocab: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        vocab[line[:-1] if line.endswith("\n") else line] = i
+    if not vocab:
+        raise EngineError(f"vocab {path} is empty")
+    return vocab
+
+
+def _randomise_zero_init(dit: nn.Module) -> None:
+    """Untrained mode: DiT zero-initialises its AdaLN and output layers (identity blocks, zero
+    output), which would make every untrained step a no-op; give those layers small random
+    weights so an untrained model does real, input-dependent work."""
+    for module in dit.modules():
+        if isinstance(module, nn.Linear) and not torch.any(module.weight):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.normal_(module.bias, std=0.02)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Engine:
+    """A loaded, ready model.  Build it with :meth:`Engine.load`."""
+
+    sample_rate: int = SAMPLE_RATE
+
+    def __init__(
+        self,
+        *,
+        dit: nn.Module,
+        vocoder: Vocoder,
+        vocab: dict[str, int],
+        device: torch.device,
+        precision: str,
+        info: EngineInfo,
+    ) -> None:
+        self.dit = dit
+        self.vocoder = vocoder
+        self.vocab = vocab
+        self.device = device
+        self.precision = precision
+        self.info = info
+        self._fp32_dit: nn.Module | None = dit if precision == "fp32" else None
+        self._references = ReferenceCache()
+        self._mels: OrderedDict[tuple[str, float], Tensor] = OrderedDict()
+        self._mel_spec = MelSpec(
+            n_fft=N_FFT,
+            hop_length=HOP_LENGTH,
+            win_length=WIN_LENGTH,
+            n_mel_channels=N_MELS,
+            target_sample_rate=SAMPLE_RATE,
+            mel_spec_type="vocos",
+        ).to(device)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, spec: ModelSpec, *, vocoder: str, progress: Callable[[str], None] = _noop) -> Engine:
+        """Build the DiT (checkpoint or seeded random), the vocoder and the mel front end.
+
+        ``vocoder`` is a local Vocos dir or "untrained" (the caller resolves the default).
+        Raises EngineError with an operator-facing message.
+        """
+        try:
+            preset = get_preset(spec.architecture)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        device = _resolve_device(spec.device)
+        precision = _resolve_precision(spec.precision, device)
+        vocab_path = Path(spec.vocab) if spec.vocab else default_vocab()
+        vocab = _read_vocab(vocab_path)
+
+        progress(f"building {spec.architecture} ({'untrained' if spec.untrained else 'from checkpoint'})")
+        # Always build under a forked RNG: loading must not disturb the process's random state,
+        # and untrained weights must be the same for the same seed, whatever ran before.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            dit = DiT(**preset.dit, text_num_embeds=len(vocab), mel_dim=N_MELS)
+            if spec.untrained:
+                _randomise_zero_init(dit)
+        if not spec.untrained:
+            progress(f"loading checkpoint {spec.weights}")
+            try:
+                checkpoint.load_into(dit, Path(spec.weights), spec.architecture, len(vocab))
+            except checkpoint.CheckpointError as exc:
+                raise EngineError(str(exc)) from None
+
+        progress(f"loading vocoder ({vocoder})")
+        try:
+            voc = build_untrained(preset.vocoder, spec.seed) if vocoder == UNTRAINED else load_local(Path(vocoder))
+        except VocoderLoadError as exc:
+            raise EngineError(str(exc)) from None
+
+        progress(f"moving to {device} as {precision}")
+        dtype = _DTYPES[precision]
+        dit = dit.eval().requires_grad_(False).to(device=device, dtype=dtype)
+        # The vocoder stays fp32: it is ~2% of the work, and its ISTFT needs fp32 anyway.
+        voc = voc.eval().requires_grad_(False).to(device=device)
+        if spec.compile or spec.cuda_graphs:
+            log.warning("model.compile / model.cuda_graphs are not implemented yet; running eager")
+
+        info = EngineInfo(
+            architecture=spec.architecture,
+            weights=spec.weights if not spec.untrained else UNTRAINED,
+            untrained=spec.untrained,
+            device=str(device),
+            precision=precision,
+            gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            parameters=sum(p.numel() for p in dit.parameters()),
+            torch_version=torch.__version__,
+            cuda_version=torch.version.cuda,
+            f5_tts_version=f5_version(),
+            vocoder=vocoder,
+            vocoder_parameters=sum(p.numel() for p in voc.parameters()),
+            vocab=str(vocab_path),
+            vocab_size=len(vocab),
+        )
+        log.info("engine loaded", extra={"engine": info.as_dict()})
+        return cls(dit=dit, vocoder=voc, vocab=vocab, device=device, precision=precision, info=info)
+
+    # ------------------------------------------------------------------ voices
+
+    @property
+    def decode_count(self) -> int:
+        """How many times reference audio was decoded from disk (voices are cached by content)."""
+        return self._references.decode_count
+
+    def prepare_voice(self, voice: VoiceSpec) -> PreparedVoice:
+        """Decode, clean and mel-encode a voice's reference once; raises VoiceError."""
+        try:
+            reference = self._references.get(voice.reference_audio, voice.reference_text)
+        except ReferenceError as exc:
+            raise VoiceError(f"voice {voice.id!r}: {exc}") from None
+        prepared = PreparedVoice(spec=voice, reference=reference)
+        self._reference_mel(reference, SynthesisRequest.target_rms)
+        return prepared
+
+    @torch.inference_mode()
+    def _reference_mel(self, ref: Reference, target_rms: float) -> Tensor:
+        """(1, frames + 1, mel) fp32 mel of the RMS-normalised reference, cached per target."""
+        key = (ref.key, float(target_rms))
+        mel = self._mels.get(key)
+        if mel is not None:
+            self._mels.move_to_end(key)
+            return mel
+        audio = torch.from_numpy(ref.audio).to(self.device).unsqueeze(0)
+        # Upstream raises quiet references to target_rms (and scales the output back down).
+        if ref.rms < target_rms:
+            audio = audio * (target_rms / ref.rms)
+        mel = self._mel_spec(audio).permute(0, 2, 1).contiguous().float()
+        self._mels[key] = mel
+        while len(self._mels) > _MEL_CACHE_SIZE:
+            self._mels.popitem(last=False)
+        return mel
+
+    # ------------------------------------------------------------------ synthesis
+
+    def _tokens(self, ref_text: str, gen_text: str) -> Tensor:
+        chars = convert_char_to_pinyin([ref_text + gen_text])
+        ids: Tensor = list_str_to_idx(chars, self.vocab)
+        return ids.to(self.device)
+
+    def _fp32_model(self) -> nn.Module:
+        if self._fp32_dit is None:
+            log.warning("building an fp32 copy of the model for the fp16 fallback")
+            self._fp32_dit = copy.deepcopy(self.dit).float()
+        return self._fp32_dit
+
+    def _render(
+        self,
+        dit: nn.Module,
+        ref: Reference,
+        ref_mel: Tensor,
+        ids: Tensor,
+        frames: int,
+        noise: Tensor,
+        req: SynthesisRequest,
+        timings: dict[str, float],
+    ) -> np.ndarray:
+        """One chunk: ODE solve then vocoder; returns the generated part's samples."""
+        t0 = time.perf_counter()
+        mel = sampler.sample(
+            dit, ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
+        )
+        _sync(self.device)
+        t1 = time.perf_counter()
+        wave = self.vocoder(mel[:, ref.frames :, :].permute(0, 2, 1).float())[0]
+        if ref.rms < req.target_rms:
+            wave = wave * (ref.rms / req.target_rms)
+        samples = wave.cpu().numpy().astype(np.float32, copy=False)
+        t2 = time.perf_counter()
+        timings["ode"] += t1 - t0
+        timings["vocoder"] += t2 - t1
+        return samples
+
+    @staticmethod
+    def _bad(samples: np.ndarray) -> bool:
+        return not np.all(np.isfinite(samples)) or len(samples) == 0 or float(np.max(np.abs(samples))) < _SILENT_PEAK
+
+    @torch.inference_mode()
+    def synthesize(
+        self,
+        voice: PreparedVoice,
+        req: SynthesisRequest,
+        *,
+        on_chunk: Callable[[np.ndarray], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        first_chunk_bytes: int | None = None,
+    ) -> Synthesis:
+        """Speak ``req.text`` in ``voice``.
+
+        Long text is split into chunks (sentences, then clauses) sized to the reference; each
+        chunk's settled samples go to ``on_chunk`` as soon as they exist (the cross-fade tail is
+        held back for the next chunk), and the concatenation of everything passed to
+        ``on_chunk`` equals ``Synthesis.audio``.  ``should_stop`` is polled before each chunk
+        (raises Cancelled).  ``first_chunk_bytes`` caps the first chunk, for a faster first audio.
+
+        fp16/bf16 guard: a chunk that comes out non-finite or silent is redone in fp32, and the
+        rest of the request stays in fp32 (chunks already streamed cannot be taken back).
+        """
+        t_start = time.perf_counter()
+        if not MIN_NFE <= req.nfe <= MAX_NFE:
+            raise ValueError(f"nfe must be in [{MIN_NFE}, {MAX_NFE}], got {req.nfe}")
+        if req.speed <= 0:
+            raise ValueError(f"speed must be positive, got {req.speed}")
+        gen = text.normalize_text(req.text)
+        if not gen:
+            raise ValueError("text is empty after normalisation")
+        ref = voice.reference
+        ref_mel = self._reference_mel(ref, req.target_rms)
+        budget = text.chunk_budget(ref.text, ref.seconds, req.speed)
+        chunks = text.chunk_text(gen, budget, first_budget=first_chunk_bytes)
+        durations = text.chunk_durations(req.fix_duration, ref.frames, chunks, req.cross_fade_s)
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        timings = {"text_prep": time.perf_counter() - t_start, "ode": 0.0, "vocoder": 0.0}
+
+        fader = text.CrossFader(int(req.cross_fade_s * SAMPLE_RATE) if req.cross_fade_s > 0 else 0, on_chunk)
+        dit = self.dit
+        fell_back = False
+        for chunk, duration in zip(chunks, durations, strict=True):
+            if should_stop():
+                raise Cancelled("synthesis cancelled")
+            t_prep = time.perf_counter()
+            ids = self._tokens(ref.text, chunk)
+            wanted = (
+                text.fixed_frames(duration)
+                if duration is not None
+                else text.estimate_frames(ref.frames, ref.text, chunk, req.speed)
+            )
+            frames = sampler.total_frames(wanted, ref_mel.shape[1], ids.shape[1])
+            noise = sampler.initial_noise(frames, N_MELS, generator, self.device)
+            timings["text_prep"] += time.perf_counter() - t_prep
+            samples = self._render(dit, ref, ref_mel, ids, frames, noise, req, timings)
+            if dit is not self._fp32_dit and self._bad(samples):
+                log.warning(
+                    "half-precision output was non-finite or silent; redoing in fp32",
+                    extra={"precision": self.precision, "text_len": len(chunk), "nfe": req.nfe},
+                )
+                dit = self._fp32_model()
+                fell_back = True
+                samples = self._render(dit, ref, ref_mel, ids, frames, noise, req, timings)
+            fader.push(samples)
+        audio = fader.finish()
+        timings["total"] = time.perf_counter() - t_start
+        return Synthesis(
+            audio=audio,
+            sample_rate=SAMPLE_RATE,
+            nfe=req.nfe,
+            chunks=len(chunks),
+            timings=timings,
+            fp32_fallback=fell_back,
+            seed=seed,
+        )
+
+    # ------------------------------------------------------------------ warm-up
+
+    def warm_up(self, voice: PreparedVoice, nfe_values: Iterable[int]) -> None:
+        """Run every NFE requests will use once, and check the audio is finite and not silent.
+
+        If half precision needed the fp32 fallback here, this GPU's fp16/bf16 output is broken:
+        the engine switches to fp32 for good (and says so) rather than pay twice per request.
+        """
+        for nfe in sorted(set(nfe_values)):
+            req = SynthesisRequest(text=_WARMUP_TEXT, voice_id=voice.id, nfe=nfe, seed=0)
+            try:
+                result = self.synthesize(voice, req)
+            except (Cancelled, VoiceError):
+                raise
+            except Exception as exc:
+                raise EngineError(f"warm-up at nfe={nfe} failed: {type(exc).__name__}: {exc}") from exc
+            if self._bad(result.audio):
+                what = "non-finite" if not np.all(np.isfinite(result.audio)) else "silent"
+                raise EngineError(
+                    f"warm-up at nfe={nfe} produced {what} audio on {self.info.device} ({self.info.precision}); "
+                    "the model or vocoder is broken"
+                )
+            if result.fp32_fallback and self.precision != "fp32":
+                log.warning(
+                    "half-precision output is broken on this device; switching to fp32",
+                    extra={"precision": self.precision, "device": self.info.device},
+                )
+                self.dit = self._fp32_model()
+                self.precision = "fp32"
+                self.info = replace(self.info, precision="fp32")
+            log.info(
+                "warm-up done",
+                extra={"nfe": nfe, "rtf": round(result.timings["total"] / max(result.duration_s, 1e-9), 4)},
+            )

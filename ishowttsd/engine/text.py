@@ -1,0 +1,216 @@
+"""Text handling: normalisation, chunking, duration estimates and cross-fading.
+
+Pure Python and numpy (no torch), so it is cheap to test and to reason about.  The rules follow
+f5-tts's ``infer_process``/``infer_batch_process`` (1.1.22) where they are about the model's
+expectations (byte budgets, the reference-text suffix, the duration formula), because the
+checkpoints were tuned against exactly those, and depart from it where upstream is merely rough
+(it splits only at clause punctuation and never splits an over-long sentence).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .presets import HOP_LENGTH
+
+SAMPLE_RATE = 24000
+
+# Upstream's budget is "the text that fits into 22 s of reference plus generated audio".
+_BUDGET_SECONDS = 22.0
+_MIN_BUDGET_BYTES = 24
+# Upstream gives very short texts (< 10 UTF-8 bytes) a slower local speed, or they come out clipped.
+_SHORT_TEXT_BYTES = 10
+_SHORT_TEXT_SPEED = 0.3
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
+_CLAUSE_END = re.compile(r"(?<=[,;:—])\s+|(?<=[，；：、])")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def nbytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def normalize_text(text: str) -> str:
+    """NFC, control/format characters to spaces, whitespace runs collapsed, ends stripped.
+
+    NFC and not NFKC: compatibility folding would turn full-width CJK punctuation (which the
+    vocab has, and the chunker splits on) into ASCII.
+    """
+    text = unicodedata.normalize("NFC", text)
+    cleaned = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
+            cleaned.append(" ")
+        else:
+            cleaned.append(char)
+    return _WHITESPACE.sub(" ", "".join(cleaned)).strip()
+
+
+def reference_text(transcript: str) -> str:
+    """The reference transcript in the exact form upstream feeds the model.
+
+    ``preprocess_ref_audio_text`` makes it end in ". " (or "。"), then ``infer_batch_process``
+    appends one more space when the last character is one byte, so "...nature." becomes
+    "...nature.  " with two spaces.  The released checkpoints were evaluated that way.
+    """
+    text = normalize_text(transcript)
+    if not text.endswith(". ") and not text.endswith("。"):
+        text = text + " " if text.endswith(".") else text + ". "
+    if nbytes(text[-1]) == 1:
+        text += " "
+    return text
+
+
+def chunk_budget(ref_text: str, ref_seconds: float, speed: float) -> int:
+    """Upstream's per-chunk UTF-8 byte budget: the reference's bytes per second, times the
+    seconds left in a 22 s window, times speed."""
+    spare = max(_BUDGET_SECONDS - ref_seconds, 1.0)
+    budget = int(nbytes(ref_text) / max(ref_seconds, 1e-3) * spare * speed)
+    return max(budget, _MIN_BUDGET_BYTES)
+
+
+def _split_keep(pattern: re.Pattern[str], text: str) -> list[str]:
+    return [part.strip() for part in pattern.split(text) if part.strip()]
+
+
+def _split_words(text: str, budget: int) -> list[str]:
+    """Pack whitespace-separated words; cut a word that alone exceeds the budget by characters."""
+    pieces: list[str] = []
+    for word in text.split(" "):
+        if nbytes(word) <= budget:
+            pieces.append(word)
+            continue
+        current = ""
+        for char in word:
+            if current and nbytes(current + char) > budget:
+                pieces.append(current)
+                current = ""
+            current += char
+        if current:
+            pieces.append(current)
+    return pieces
+
+
+def _atoms(text: str, budget: int) -> list[str]:
+    """Pieces no longer than ``budget``: sentences, else clauses, else words."""
+    atoms: list[str] = []
+    for sentence in _split_keep(_SENTENCE_END, text):
+        if nbytes(sentence) <= budget:
+            atoms.append(sentence)
+            continue
+        for clause in _split_keep(_CLAUSE_END, sentence):
+            if nbytes(clause) <= budget:
+                atoms.append(clause)
+            else:
+                atoms.extend(_split_words(clause, budget))
+    return atoms
+
+
+def _joiner(piece: str) -> str:
+    # Upstream's rule: a space after a piece that ends in a one-byte (Latin) character, none after CJK.
+    return " " if nbytes(piece[-1]) == 1 else ""
+
+
+def chunk_text(text: str, budget: int, *, first_budget: int | None = None) -> list[str]:
+    """Split normalised ``text`` into chunks of at most ``budget`` UTF-8 bytes.
+
+    Sentence boundaries first, clause boundaries inside over-long sentences, then words.
+    Consecutive pieces are packed greedily up to the budget.  ``first_budget`` (smaller) lets a
+    streaming caller get its first audio after a short first chunk.
+    """
+    if not text:
+        return []
+    small = min(first_budget, budget) if first_budget else budget
+    chunks: list[str] = []
+    current = ""
+    for atom in _atoms(text, small) if small < budget else _atoms(text, budget):
+        limit = small if not chunks else budget
+        candidate = current + _joiner(current) + atom if current else atom
+        if current and nbytes(candidate) > limit:
+            chunks.append(current)
+            current = atom
+        else:
+            current = candidate
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def estimate_frames(ref_frames: int, ref_text: str, gen_text: str, speed: float) -> int:
+    """Total mel frames (reference + generated) from the reference's frames-per-byte ratio."""
+    gen_bytes = nbytes(gen_text)
+    local_speed = _SHORT_TEXT_SPEED if gen_bytes < _SHORT_TEXT_BYTES else speed
+    return ref_frames + int(ref_frames / max(nbytes(ref_text), 1) * gen_bytes / local_speed)
+
+
+def chunk_durations(
+    fix_duration: float | None, ref_frames: int, chunks: list[str], cross_fade_s: float
+) -> list[float | None]:
+    """Upstream's split of a total ``fix_duration`` over chunks (by byte weight), each still
+    including the reference, so that N chunks do not make N times the requested length."""
+    if fix_duration is None or len(chunks) <= 1:
+        return [fix_duration] * len(chunks)
+    ref_s = ref_frames * HOP_LENGTH / SAMPLE_RATE
+    weights = [nbytes(chunk) for chunk in chunks]
+    allocatable = fix_duration - ref_s + cross_fade_s * (len(chunks) - 1)
+    return [ref_s + allocatable * w / sum(weights) for w in weights]
+
+
+def fixed_frames(seconds: float) -> int:
+    return int(seconds * SAMPLE_RATE / HOP_LENGTH)
+
+
+@dataclass
+class CrossFader:
+    """Joins chunk waveforms with a linear cross-fade and streams the settled samples.
+
+    Each chunk's samples go to ``emit`` as soon as they can no longer change; only the last
+    ``fade_samples`` of what came so far are held back, because the next chunk fades over them.
+    The result equals upstream's whole-utterance cross-fade, and the concatenation of everything
+    emitted equals ``finish()``'s return value exactly.
+    """
+
+    fade_samples: int
+    emit: Callable[[np.ndarray], None] | None = None
+    _held: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    _out: list[np.ndarray] = field(default_factory=list)
+    _started: bool = False
+
+    def push(self, wave: np.ndarray) -> None:
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        if not self._started:
+            pending = wave
+            self._started = True
+        else:
+            n = min(self.fade_samples, len(self._held), len(wave))
+            if n > 0:
+                fade_out = np.linspace(1.0, 0.0, n, dtype=np.float32)
+                mixed = self._held[-n:] * fade_out + wave[:n] * (np.float32(1.0) - fade_out)
+                pending = np.concatenate([self._held[: len(self._held) - n], mixed, wave[n:]])
+            else:
+                pending = np.concatenate([self._held, wave])
+        keep = min(self.fade_samples, len(pending))
+        self._send(pending[: len(pending) - keep])
+        self._held = pending[len(pending) - keep :]
+
+    def finish(self) -> np.ndarray:
+        self._send(self._held)
+        self._held = np.zeros(0, dtype=np.float32)
+        if not self._out:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self._out)
+
+    def _send(self, piece: np.ndarray) -> None:
+        if len(piece) == 0:
+            return
+        piece = np.ascontiguousarray(piece, dtype=np.float32)
+        self._out.append(piece)
+        if self.emit is not None:
+            self.emit(piece.copy())
