@@ -585,7 +585,8 @@ def format_report(record: Mapping[str, Any]) -> str:
 
 def _extras(record: Mapping[str, Any]) -> list[str]:
     out = []
-    if record.get("context", {}).get("weights") == "untrained":
+    ctx = record.get("context", {})
+    if ctx.get("untrained") or ctx.get("weights") == "untrained":
         out.append("note: untrained weights: the audio is noise; the timings are still real")
     cmp = record.get("compare_nfe")
     if cmp:
