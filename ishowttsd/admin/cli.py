@@ -163,8 +163,9 @@ def format_status(s: Mapping[str, Any]) -> str:
     weights = str(model.get("weights", "?"))
     if s.get("untrained") or weights == "untrained":
         weights = "untrained (random weights: audio is noise)"
+    ready = "" if s.get("ready", True) else f", NOT READY: {s.get('not_ready_reason') or '?'}"
     rows = [
-        ("daemon", f"ishowttsd {s.get('version', '?')}, up {_duration(s.get('uptime_s'))}"),
+        ("daemon", f"ishowttsd {s.get('version', '?')}, up {_duration(s.get('uptime_s'))}{ready}"),
         ("model", f"{model.get('architecture', '?')}, {model.get('precision', '?')} on {model.get('device', '?')}"),
         ("weights", weights),
     ]
@@ -215,7 +216,9 @@ def format_clocks_line(c: Mapping[str, Any]) -> str:
     if obj is not None:
         from ishowttsd.clocks import summary
 
-        return str(summary(obj))
+        line = str(summary(obj))
+        # The status row is already labelled "clocks".
+        return line.removeprefix("clocks ")
     locked = {True: "locked", False: "UNLOCKED", None: "lock state unknown"}.get(c.get("locked"), "?")
     if c.get("provider") == "none":
         return "not managed (provider none)"
@@ -297,9 +300,20 @@ def cmd_rollback(client: AdminClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(res)
         return EXIT_OK
-    print(f"rolled back to settings version {res.get('restored', '?')} as new version "
-          f"{res.get('version', '?')}: {_changes_text(res.get('changes'))}")
+    target = "the previous version" if args.to is None else f"version {args.to}"
+    print(f"rolled back to {target} as settings version {res.get('version', '?')}: "
+          f"{_changes_text(res.get('changes'))}")
     return EXIT_OK
+
+
+def _validation_note(validation: Any) -> str | None:
+    if not isinstance(validation, Mapping):
+        return None
+    if "ok" in validation:
+        return "validated" if validation["ok"] else "validation FAILED"
+    if "rollback_of" in validation:
+        return f"automatic rollback of version {validation['rollback_of']}"
+    return None
 
 
 def format_settings_history(versions: Sequence[Mapping[str, Any]]) -> str:
@@ -307,9 +321,8 @@ def format_settings_history(versions: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for v in versions:
         note = [str(v["note"])] if v.get("note") else []
-        validation = v.get("validation")
-        if isinstance(validation, Mapping):
-            note.append("validated" if validation.get("ok") else "validation FAILED")
+        if (checked := _validation_note(v.get("validation"))) is not None:
+            note.append(checked)
         rows.append([str(v.get("version", "?")), str(v.get("time") or "-"), _user(v.get("uid")),
                      str(v.get("command", "?")), _changes_text(v.get("changes")), "; ".join(note)])
     return _table(header, rows)

@@ -301,6 +301,7 @@ def test_status_human_and_json(server: StandIn) -> None:
 def test_status_formatter_tolerates_missing_keys() -> None:
     text = format_status({"version": "0.0.1"})
     assert "ishowttsd 0.0.1" in text and "never run" in text
+    assert "NOT READY: loading model" in format_status({"ready": False, "not_ready_reason": "loading model"})
 
 
 def test_set_nfe_prints_old_new_version_and_epss(server: StandIn) -> None:
@@ -331,10 +332,11 @@ def test_set_nfe_validate_streams_progress_and_exits_1_on_rollback(server: Stand
 
 
 def test_rollback_sends_to_and_prints_result(server: StandIn) -> None:
-    server.answer("POST", "/v1/rollback", {"version": 5, "restored": 2, "changes": {"nfe": {"old": 6, "new": 8}}})
+    server.answer("POST", "/v1/rollback", {"version": 5, "restored": {"nfe": 8},
+                                           "changes": {"nfe": {"old": 6, "new": 8}}})
     r = cli("rollback", "--to", "2", sock=server.sock)
     assert r.returncode == 0
-    assert "settings version 2 as new version 5: nfe 6 -> 8" in r.stdout
+    assert r.stdout == "rolled back to version 2 as settings version 5: nfe 6 -> 8\n"
     assert server.requests[-1][2] == {"to": 2}
     cli("rollback", sock=server.sock)
     assert server.requests[-1][2] == {"to": None}
@@ -346,7 +348,8 @@ def test_history_table(server: StandIn) -> None:
         {"version": 1, "time": "2025-06-01T10:00:00Z", "uid": 0, "command": "set-nfe 6",
          "changes": {"nfe": {"old": 7, "new": 6}}, "validation": {"ok": True}},
         {"version": 2, "time": "2025-06-01T10:05:00Z", "uid": 0, "command": "rollback",
-         "changes": {"nfe": {"old": 6, "new": 7}}, "note": "rollback to 0"},
+         "changes": {"nfe": {"old": 6, "new": 7}}, "note": "rollback to 0",
+         "validation": {"rollback_of": 1, "reasons": ["quality: too far"]}},
     ]})
     r = cli("history", sock=server.sock)
     assert r.returncode == 0
@@ -354,7 +357,7 @@ def test_history_table(server: StandIn) -> None:
     assert lines[0].split() == ["version", "time", "user", "command", "changes", "note"]
     assert len(lines) == 4
     assert "nfe 7 -> 6" in lines[2] and "validated" in lines[2] and "root(0)" in lines[2]
-    assert "rollback to 0" in lines[3]
+    assert "rollback to 0" in lines[3] and "automatic rollback of version 1" in lines[3]
     last = cli("history", "--last", "1", "--json", sock=server.sock)
     assert [v["version"] for v in json.loads(last.stdout)] == [2]
 
