@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint, sampler, text
+from .errors import Cancelled, EngineError, VoiceError
 from .paths import default_vocab, f5_version
 from .presets import HOP_LENGTH, N_FFT, N_MELS, WIN_LENGTH, get_preset
 from .spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, UNTRAINED, ModelSpec, SynthesisRequest, VoiceSpec
@@ -47,18 +48,6 @@ _SILENT_PEAK = 1e-4
 _WARMUP_TEXT = "Warming up the speech engine, one moment please."
 _MEL_CACHE_SIZE = 64
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class EngineError(Exception):
-    """The model cannot be loaded or warmed up; the message is for the operator."""
-
-
-class VoiceError(EngineError):
-    """One voice's reference is unusable; the message names the voice and says why."""
-
-
-class Cancelled(EngineError):
-    """``should_stop()`` returned True between chunks."""
 
 
 @dataclass(frozen=True)

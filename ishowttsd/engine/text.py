@@ -98,46 +98,69 @@ def _split_words(text: str, budget: int) -> list[str]:
     return pieces
 
 
-def _atoms(text: str, budget: int) -> list[str]:
-    """Pieces no longer than ``budget``: sentences, else clauses, else words."""
-    atoms: list[str] = []
-    for sentence in _split_keep(_SENTENCE_END, text):
-        if nbytes(sentence) <= budget:
-            atoms.append(sentence)
-            continue
-        for clause in _split_keep(_CLAUSE_END, sentence):
-            if nbytes(clause) <= budget:
-                atoms.append(clause)
-            else:
-                atoms.extend(_split_words(clause, budget))
-    return atoms
-
-
 def _joiner(piece: str) -> str:
     # Upstream's rule: a space after a piece that ends in a one-byte (Latin) character, none after CJK.
     return " " if nbytes(piece[-1]) == 1 else ""
 
 
+def _join(left: str, right: str) -> str:
+    return left + _joiner(left) + right if left else right
+
+
+def _pack(units: list[str], budget: int) -> list[str]:
+    """Greedily join consecutive units while the result fits the budget."""
+    packed: list[str] = []
+    current = ""
+    for unit in units:
+        candidate = _join(current, unit)
+        if current and nbytes(candidate) > budget:
+            packed.append(current)
+            current = unit
+        else:
+            current = candidate
+    if current:
+        packed.append(current)
+    return packed
+
+
+def _split_sentence(sentence: str, budget: int) -> list[str]:
+    """An over-long sentence as pieces <= budget: clauses, words inside an over-long clause."""
+    pieces: list[str] = []
+    for clause in _split_keep(_CLAUSE_END, sentence):
+        if nbytes(clause) <= budget:
+            pieces.append(clause)
+        else:
+            pieces.extend(_pack(_split_words(clause, budget), budget))
+    # Short neighbouring clauses go back together; every cut still falls at a clause boundary,
+    # or between words inside a clause that alone is over budget.
+    return _pack(pieces, budget)
+
+
 def chunk_text(text: str, budget: int, *, first_budget: int | None = None) -> list[str]:
     """Split normalised ``text`` into chunks of at most ``budget`` UTF-8 bytes.
 
-    Sentence boundaries first, clause boundaries inside over-long sentences, then words.
-    Consecutive pieces are packed greedily up to the budget.  ``first_budget`` (smaller) lets a
-    streaming caller get its first audio after a short first chunk.
+    Sentence boundaries first; an over-long sentence is split at clause boundaries, an
+    over-long clause between words.  Consecutive pieces are packed greedily up to the budget.
+    ``first_budget`` (smaller) caps the first chunk, so that a streaming caller gets its first
+    audio after a short chunk.
     """
     if not text:
         return []
     small = min(first_budget, budget) if first_budget else budget
     chunks: list[str] = []
     current = ""
-    for atom in _atoms(text, small) if small < budget else _atoms(text, budget):
-        limit = small if not chunks else budget
-        candidate = current + _joiner(current) + atom if current else atom
-        if current and nbytes(candidate) > limit:
-            chunks.append(current)
-            current = atom
-        else:
-            current = candidate
+    for sentence in _split_keep(_SENTENCE_END, text):
+        # Only the very first sentence is cut to the small first budget.
+        limit = small if not chunks and not current else budget
+        units = [sentence] if nbytes(sentence) <= limit else _split_sentence(sentence, limit)
+        for unit in units:
+            limit = small if not chunks else budget
+            candidate = _join(current, unit)
+            if current and nbytes(candidate) > limit:
+                chunks.append(current)
+                current = unit
+            else:
+                current = candidate
     if current:
         chunks.append(current)
     return chunks
