@@ -85,5 +85,7 @@ def test_custom_step_function_is_used(tiny_engine: Any, default_voice: Any) -> N
         return sampler.euler_step(dit, c, x, t_emb, dt)
 
     noise = torch.zeros(1, frames, 100)
-    sampler.sample(tiny_engine.dit, ref_mel, ids, frames, nfe=5, cfg_strength=2.0, sway=-1.0, noise=noise, step=counting_step)
+    sampler.sample(
+        tiny_engine.dit, ref_mel, ids, frames, nfe=5, cfg_strength=2.0, sway=-1.0, noise=noise, step=counting_step
+    )
     assert len(calls) == 5

@@ -48,7 +48,9 @@ def test_second_prepare_does_not_decode(tiny_engine: Any, default_voice: Any, tm
     # same bytes under another path: the cache is by content, not by path
     copy = tmp_path / "copy.wav"
     shutil.copy(default_ref_audio(), copy)
-    copied = tiny_engine.prepare_voice(VoiceSpec(id="copy", reference_audio=str(copy), reference_text=DEFAULT_VOICE_TEXT))
+    copied = tiny_engine.prepare_voice(
+        VoiceSpec(id="copy", reference_audio=str(copy), reference_text=DEFAULT_VOICE_TEXT)
+    )
     assert tiny_engine.decode_count == before
     assert again.reference is default_voice.reference
     assert other_id.reference is default_voice.reference and other_id.id == "narrator"
