@@ -29,9 +29,13 @@ def content_type(fmt: str) -> str:
     return FORMATS[fmt][2]
 
 
-def to_pcm16(audio: np.ndarray) -> bytes:
+def to_int16(audio: np.ndarray) -> np.ndarray:
     clipped = np.clip(np.nan_to_num(audio, nan=0.0), -1.0, 1.0)
-    return (clipped * 32767.0).astype("<i2").tobytes()
+    return np.rint(clipped * 32767.0).astype("<i2")
+
+
+def to_pcm16(audio: np.ndarray) -> bytes:
+    return to_int16(audio).tobytes()
 
 
 def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
@@ -39,7 +43,13 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
         return to_pcm16(audio)
     major, subtype, _ = FORMATS[fmt]
     buf = io.BytesIO()
-    data = np.clip(np.nan_to_num(audio.astype(np.float32), nan=0.0), -1.0, 1.0)
+    data: np.ndarray
+    if subtype == "PCM_16":
+        # One float->int16 conversion for every 16-bit format, so pcm, wav and flac carry
+        # the same samples (libsndfile's own conversion rounds differently).
+        data = to_int16(audio)
+    else:
+        data = np.clip(np.nan_to_num(audio.astype(np.float32), nan=0.0), -1.0, 1.0)
     sf.write(buf, data, sample_rate, format=major, subtype=subtype)
     return buf.getvalue()
 

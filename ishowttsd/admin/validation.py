@@ -156,8 +156,7 @@ async def run_selfcheck(daemon: Daemon, stream: ProgressStream, *, nfe: int | No
     verdict = record["verdict"]
     level = log.error if verdict["status"] == "fail" else log.info
     level("self-check finished", status=verdict["status"], reasons=verdict["reasons"], nfe=nfe,
-          rtf_mean=record["stats"].get("rtf", {}).get("mean") if isinstance(record["stats"].get("rtf"), dict)
-          else None, untrained=daemon.model_untrained())
+          rtf_mean=record["stats"].get("rtf_mean"), untrained=daemon.model_untrained())
     return record
 
 
@@ -194,7 +193,7 @@ async def validate_nfe_change(daemon: Daemon, stream: ProgressStream, *, version
     reference = daemon.config.quality.reference_nfe
     comparison = await stream.run(lambda emit: _quality_blocking(daemon, emit, new, reference))
     gate = quality.gate(comparison, daemon.config.quality)
-    reasons = [f"self-check: {r}" for r in record["verdict"]["reasons"] if record["verdict"]["status"] == "fail"]
+    reasons = [f"self-check: {r}" for r in record["verdict"].get("failures", [])]
     reasons += [f"quality: {r}" for r in gate["reasons"]]
     ok = record["verdict"]["status"] != "fail" and gate["status"] == "pass"
     validation = {"ok": ok, "selfcheck": record["verdict"], "quality": gate,

@@ -40,6 +40,17 @@ reference_text = "Nothing."
         yield d
 
 
+def wait_done(daemon, match, timeout: float = 10.0) -> dict:  # type: ignore[no-untyped-def]
+    """The request's log line is written just after its last byte: wait for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in daemon.events() if e.get("event") == "synthesis done" and match(e)]
+        if found:
+            return found[-1]
+        time.sleep(0.05)
+    raise AssertionError("no matching 'synthesis done' line")
+
+
 def decode(body: bytes) -> tuple[np.ndarray, int]:
     audio, sr = sf.read(io.BytesIO(body), dtype="float32")
     return audio, sr
@@ -90,8 +101,8 @@ def test_ishowtts_api_round_trips_base64_wav(daemon) -> None:  # type: ignore[no
     audio, sr = decode(base64.b64decode(answer["audio_base64"]))
     assert sr == 24000 and len(audio) == answer["waveform_len"]
     assert re.fullmatch(r"[0-9a-f]{16}", answer["request_id"])
-    done = [e for e in daemon.events() if e.get("event") == "synthesis done" and e.get("endpoint") == "/api/tts"]
-    assert done[-1]["nfe"] == 6
+    done = wait_done(daemon, lambda e: e.get("endpoint") == "/api/tts")
+    assert done["nfe"] == 6
 
 
 def test_streaming_sends_first_audio_before_the_last_chunk_is_computed(daemon) -> None:  # type: ignore[no-untyped-def]
@@ -100,7 +111,9 @@ def test_streaming_sends_first_audio_before_the_last_chunk_is_computed(daemon) -
         "We went three hours longer than planned, and that was the most fun I have had in months.",
         "Tonight we pick up right where we left off, at the bottom of the old mine.",
         "Keep the suggestions coming, but please, no spoilers for the ending.",
-    ] * 2)
+        "Thanks for the follows, and welcome to everyone who just arrived.",
+        "Grab a drink, this will take a while.",
+    ])
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
     sent = time.monotonic()
     conn.request("POST", "/v1/audio/speech", json.dumps({"input": text, "response_format": "pcm", "stream": True}),
@@ -116,12 +129,13 @@ def test_streaming_sends_first_audio_before_the_last_chunk_is_computed(daemon) -
     conn.close()
     total = sum(n for _, n in arrivals)
     first_t, last_t = arrivals[0][0], arrivals[-1][0]
-    done = [e for e in daemon.events() if e.get("event") == "synthesis done" and "time_to_first_audio_s" in e][-1]
+    done = wait_done(daemon, lambda e: "time_to_first_audio_s" in e and e["text_len"] == len(text))
     assert done["chunks"] >= 3, done
-    # Audio kept arriving long after the first piece: the first piece did not wait for the rest.
-    assert first_t < 0.6 * last_t, arrivals[:3]
-    assert arrivals[0][1] < total / 2
-    assert done["time_to_first_audio_s"] < done["ode_s"] + done["vocoder_s"]
+    # The first audio went out after the first chunk, not after all of them: on the server,
+    # well before the compute was done; on the wire, before the last bytes arrived.
+    compute = done["text_prep_s"] + done["ode_s"] + done["vocoder_s"]
+    assert done["time_to_first_audio_s"] < 0.75 * compute, done
+    assert first_t < last_t and arrivals[0][1] < total / 2, arrivals[:3]
 
 
 BAD_INPUTS = [
