@@ -1,0 +1,161 @@
+"""Synthesis through the engine: output shape, determinism, streaming, cancellation, guards."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ishowttsd.engine.f5 import Cancelled, Engine, EngineError
+from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
+
+LONG = (
+    "The first sentence is here. The second sentence follows it closely. "
+    "A third one, with a clause, arrives next. And the fourth sentence ends the paragraph. "
+    "Then a second paragraph starts, because long input must span several chunks. It goes on "
+    "for a while, with commas, semicolons; and more words than one chunk can hold. The end."
+)
+
+
+def _req(text: str = "Hello there, this is a test.", **kw: Any) -> SynthesisRequest:
+    return SynthesisRequest(text=text, voice_id="default", **{"seed": 7, **kw})
+
+
+def _tiny(**kw: Any) -> Engine:
+    return Engine.load(ModelSpec(architecture="tiny", weights="untrained", device="cpu", **kw), vocoder="untrained")
+
+
+def test_synthesis_result(tiny_engine: Any, default_voice: Any) -> None:
+    out = tiny_engine.synthesize(default_voice, _req())
+    assert out.sample_rate == tiny_engine.sample_rate == 24000
+    assert out.audio.dtype == np.float32 and out.audio.ndim == 1
+    assert np.all(np.isfinite(out.audio)) and np.abs(out.audio).max() > 1e-3
+    assert out.nfe == 7 and out.chunks == 1 and out.seed == 7 and not out.fp32_fallback
+    assert set(out.timings) == {"text_prep", "ode", "vocoder", "total"}
+    assert out.timings["total"] >= out.timings["ode"] + out.timings["vocoder"]
+    # duration from the reference's seconds-per-byte: ~28 bytes at ~0.094 s/byte
+    ref = default_voice.reference
+    expected = ref.seconds / len(ref.text.encode()) * len(b"Hello there, this is a test.")
+    assert abs(out.duration_s - expected) < 0.1
+
+
+def test_same_seed_same_audio_and_other_seed_differs(tiny_engine: Any, default_voice: Any) -> None:
+    a = tiny_engine.synthesize(default_voice, _req(seed=3)).audio
+    b = tiny_engine.synthesize(default_voice, _req(seed=3)).audio
+    c = tiny_engine.synthesize(default_voice, _req(seed=4)).audio
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_unseeded_request_reports_its_seed(tiny_engine: Any, default_voice: Any) -> None:
+    out = tiny_engine.synthesize(default_voice, SynthesisRequest(text="Again.", voice_id="default"))
+    again = tiny_engine.synthesize(default_voice, _req("Again.", seed=out.seed))
+    assert np.array_equal(out.audio, again.audio)
+
+
+def test_speed_and_fix_duration(tiny_engine: Any, default_voice: Any) -> None:
+    normal = tiny_engine.synthesize(default_voice, _req(LONG))
+    fast = tiny_engine.synthesize(default_voice, _req(LONG, speed=2.0))
+    assert fast.duration_s < 0.65 * normal.duration_s
+    ref_s = default_voice.reference.seconds
+    fixed = tiny_engine.synthesize(default_voice, _req("Exactly this long.", fix_duration=ref_s + 3.0))
+    assert abs(fixed.duration_s - 3.0) < 0.05
+
+
+def test_other_target_rms_reuses_the_decoded_reference(tiny_engine: Any, default_voice: Any) -> None:
+    before = tiny_engine.decode_count
+    out = tiny_engine.synthesize(default_voice, _req(target_rms=0.2))
+    assert tiny_engine.decode_count == before
+    assert np.all(np.isfinite(out.audio))
+
+
+def test_streaming_chunks_concatenate_to_the_audio(tiny_engine: Any, default_voice: Any) -> None:
+    events: list[str] = []
+    pieces: list[np.ndarray] = []
+
+    def on_chunk(samples: np.ndarray) -> None:
+        events.append("audio")
+        pieces.append(samples)
+
+    def should_stop() -> bool:
+        events.append("chunk")
+        return False
+
+    out = tiny_engine.synthesize(
+        default_voice, _req(LONG), on_chunk=on_chunk, should_stop=should_stop, first_chunk_bytes=40
+    )
+    assert out.chunks >= 3
+    assert events.count("chunk") == out.chunks
+    # audio from chunk 1 is out before chunk 2 starts
+    assert events[:3] == ["chunk", "audio", "chunk"]
+    assert all(p.dtype == np.float32 for p in pieces)
+    assert np.array_equal(np.concatenate(pieces), out.audio)
+    # the same request without a callback gives the same audio
+    assert np.array_equal(tiny_engine.synthesize(default_voice, _req(LONG), first_chunk_bytes=40).audio, out.audio)
+
+
+def test_cancel_between_chunks(tiny_engine: Any, default_voice: Any) -> None:
+    pieces: list[np.ndarray] = []
+    polls = iter([False, True])
+    with pytest.raises(Cancelled):
+        tiny_engine.synthesize(
+            default_voice, _req(LONG), on_chunk=pieces.append, should_stop=lambda: next(polls), first_chunk_bytes=40
+        )
+    assert len(pieces) == 1
+    with pytest.raises(Cancelled):
+        tiny_engine.synthesize(default_voice, _req(), should_stop=lambda: True)
+
+
+@pytest.mark.parametrize("text", ["", "  \n\t ", "\x00\x01"])
+def test_empty_text_is_rejected(tiny_engine: Any, default_voice: Any, text: str) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        tiny_engine.synthesize(default_voice, _req(text))
+
+
+def test_out_of_range_nfe_is_rejected(tiny_engine: Any, default_voice: Any) -> None:
+    with pytest.raises(ValueError, match="nfe"):
+        tiny_engine.synthesize(default_voice, _req(nfe=0))
+
+
+def test_warm_up_passes_on_a_working_model(tiny_engine: Any, default_voice: Any) -> None:
+    tiny_engine.warm_up(default_voice, [7, 7, 16])
+
+
+@pytest.mark.parametrize("broken", [0.0, float("nan")])
+def test_warm_up_detects_silent_or_nan_output(broken: float) -> None:
+    engine = _tiny()
+    voice = engine.prepare_voice(VoiceSpec(id="default"))
+
+    # A vocoder that returns all zeros (or NaN), as a broken GPU kernel would.
+    def dead(mel: torch.Tensor) -> torch.Tensor:
+        return torch.full((mel.shape[0], mel.shape[-1] * 256), broken)
+
+    engine.vocoder.forward = dead  # type: ignore[method-assign]
+    with pytest.raises(EngineError, match="silent" if broken == 0.0 else "non-finite"):
+        engine.warm_up(voice, [7])
+
+
+def test_half_precision_guard_falls_back_to_fp32(caplog: pytest.LogCaptureFixture) -> None:
+    engine = _tiny(precision="bf16")
+    assert engine.info.precision == "bf16"
+    voice = engine.prepare_voice(VoiceSpec(id="default"))
+    healthy = engine.synthesize(voice, _req())
+    assert not healthy.fp32_fallback and np.all(np.isfinite(healthy.audio))
+
+    engine._fp32_model()  # the fp32 copy is made from the healthy weights...
+    # ...then the half-precision model starts producing NaN, as fp16 overflow does on some GPUs.
+    engine.dit.proj_out.register_forward_hook(lambda _m, _i, out: torch.full_like(out, float("nan")))
+    secret = "Do not log this sentence."
+    with caplog.at_level(logging.WARNING, logger="ishowttsd.engine"):
+        out = engine.synthesize(voice, _req(secret))
+    assert out.fp32_fallback
+    assert np.all(np.isfinite(out.audio)) and np.abs(out.audio).max() > 1e-3
+    assert any("fp32" in r.getMessage() for r in caplog.records)
+    assert all(secret not in r.getMessage() and secret not in str(r.__dict__) for r in caplog.records)
+
+    engine.warm_up(voice, [7])  # half precision is broken here: the engine switches to fp32 for good
+    assert engine.precision == "fp32" and engine.info.precision == "fp32"
+    assert not engine.synthesize(voice, _req()).fp32_fallback
