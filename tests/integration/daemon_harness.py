@@ -39,6 +39,8 @@ class NotifyListener:
 
     def __init__(self, directory: Path) -> None:
         self.path = str(directory / "notify.sock")
+        if os.path.exists(self.path):  # left by an earlier daemon run in the same workdir
+            os.unlink(self.path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.sock.settimeout(0.2)
@@ -72,6 +74,8 @@ class NotifyListener:
     def close(self) -> None:
         self._stop = True
         self.sock.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
 
 
 class Daemon:
@@ -144,10 +148,15 @@ class Daemon:
     def admin(self, *args: str, user: str | None = None, timeout: float = 120.0,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [str(BIN / "ishowtts-admin"), "--socket", str(self.admin_socket), *args]
+        run_env = env or base_env()
         if user is not None:
+            # The venv's interpreter lives under /root here; the admin CLI needs only the
+            # standard library, so another user runs it with the system Python.
             cmd = ["setpriv", f"--reuid={user}", f"--regid={user if user != 'nobody' else 'nogroup'}",
-                   "--clear-groups", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or base_env())
+                   "--clear-groups", "/usr/bin/python3", "-m", "ishowttsd.admin", "--socket",
+                   str(self.admin_socket), *args]
+            run_env = {**run_env, "PYTHONPATH": str(REPO)}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=run_env)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

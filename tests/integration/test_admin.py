@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -81,10 +82,13 @@ def test_rollback_with_nothing_to_roll_back_exits_5(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as nobody")
-def test_user_outside_the_group_gets_exit_3(tmp_path: Path) -> None:
-    with running_daemon(tmp_path) as d:
-        # Let nobody reach the socket directory, so the socket's own mode is what refuses.
-        for p in (tmp_path, tmp_path / ".dev", tmp_path / ".dev" / "run"):
+def test_user_outside_the_group_gets_exit_3() -> None:
+    # pytest's tmp_path is private to root; nobody must reach the socket's directory so that
+    # the socket's own mode (0660) is what refuses it.
+    workdir = Path(tempfile.mkdtemp(prefix="ishowtts-nobody-"))
+    workdir.chmod(0o755)
+    with running_daemon(workdir) as d:
+        for p in (workdir / ".dev", workdir / ".dev" / "run"):
             p.chmod(0o755)
         assert oct(d.admin_socket.stat().st_mode & 0o777) == "0o660"
         r = d.admin("set-nfe", "6", user="nobody")
@@ -155,7 +159,7 @@ from ishowttsd.engine.spec import ModelSpec
 from ishowttsd.engine.f5 import Engine
 engine = Engine.load(ModelSpec(architecture="tiny", weights="untrained", device="cpu", precision="fp32", seed={seed}),
                      vocoder="untrained")
-state = {{"ema_model." + k: v for k, v in engine.cfm_state_dict().items()}}
+state = {{"ema_model.transformer." + k: v for k, v in engine.dit.state_dict().items()}}
 torch.save({{"ema_model_state_dict": state}}, "{path}")
 """
     from daemon_harness import base_env
