@@ -149,7 +149,7 @@ class Config:
     http: HttpConfig = HttpConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = ModelSpec()  # noqa: RUF009 - frozen, so sharing the default is safe
     synthesis: SynthesisConfig = SynthesisConfig()
     limits: LimitsConfig = LimitsConfig()
     selfcheck: SelfcheckConfig = SelfcheckConfig()

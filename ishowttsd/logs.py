@@ -11,6 +11,7 @@ import hashlib
 import logging
 import logging.handlers
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -43,7 +44,7 @@ def _formatter() -> logging.Formatter:
     return structlog.stdlib.ProcessorFormatter(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            _rename_message,
+            _key_order,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(sort_keys=False, default=str),
         ],
@@ -51,9 +52,9 @@ def _formatter() -> logging.Formatter:
     )
 
 
-def _rename_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _key_order(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     # Keep a fixed key order for people reading journalctl: ts, level, logger, event first.
-    ordered = {k: event_dict.pop(k) for k in ("ts", "level", "logger", "event") if k in event_dict}
+    ordered: dict[str, Any] = {k: event_dict.pop(k) for k in ("ts", "level", "logger", "event") if k in event_dict}
     ordered.update(event_dict)
     return ordered
 

@@ -159,10 +159,29 @@ class ProgressStream:
             await self.write(line)
         return await task
 
+    async def fail(self, status: int, code: str, message: str) -> web.StreamResponse:
+        """The status line is long gone once streaming started: say the error as the last line."""
+        await self.write({"event": "error", "error": {"code": code, "message": message, "status": status}})
+        await self.response.write_eof()
+        return self.response
+
+
     async def finish(self, result: dict[str, Any]) -> web.StreamResponse:
         await self.write({"event": "result", **result})
         await self.response.write_eof()
         return self.response
+
+
+async def streamed(stream: ProgressStream, work: Awaitable[dict[str, Any]]) -> web.StreamResponse:
+    """Finish a streamed command with its result, or with an error line if it failed."""
+    try:
+        result = await work
+    except AdminError as exc:
+        return await stream.fail(exc.status, exc.code, exc.message)
+    except Exception as exc:  # a bug or an engine failure: report it, keep the daemon up
+        log.exception("admin command failed", path=stream.request.path)
+        return await stream.fail(500, "internal_error", f"{type(exc).__name__}: {exc}")
+    return await stream.finish(result)
 
 
 # --- handlers -------------------------------------------------------------------------
@@ -246,7 +265,8 @@ async def set_nfe(request: web.Request) -> web.StreamResponse:
     if not isinstance(validate, bool):
         raise AdminError(400, "invalid_type", "'validate' must be true or false")
     old = daemon.effective_nfe()
-    version = daemon.settings.set({"nfe": nfe}, uid=request["uid"], command="set-nfe")
+    command = f"set-nfe {nfe}" + (" --validate" if validate else "")
+    version = daemon.settings.set({"nfe": nfe}, uid=request["uid"], command=command)
     log.info("nfe changed", old=old, new=nfe, settings_version=version.number)
     answer = {"old": old, "new": nfe, "version": version.number, "epss": has_epss(nfe)}
     if not validate:
@@ -255,9 +275,13 @@ async def set_nfe(request: web.Request) -> web.StreamResponse:
 
     stream = ProgressStream(request)
     await stream.start()
-    result = await validate_nfe_change(daemon, stream, version=version.number, old=old, new=nfe,
-                                       uid=request["uid"])
-    return await stream.finish({**answer, **result})
+
+    async def work() -> dict[str, Any]:
+        result = await validate_nfe_change(daemon, stream, version=version.number, old=old, new=nfe,
+                                           uid=request["uid"])
+        return {**answer, **result}
+
+    return await streamed(stream, work())
 
 
 async def rollback(request: web.Request) -> web.Response:
@@ -322,8 +346,11 @@ async def selfcheck(request: web.Request) -> web.StreamResponse:
     options = parse_selfcheck_args(daemon, request["args"])
     stream = ProgressStream(request)
     await stream.start()
-    record = await run_selfcheck(daemon, stream, **options)
-    return await stream.finish({"record": record})
+
+    async def work() -> dict[str, Any]:
+        return {"record": await run_selfcheck(daemon, stream, **options)}
+
+    return await streamed(stream, work())
 
 
 async def quality_samples(request: web.Request) -> web.StreamResponse:
@@ -333,8 +360,7 @@ async def quality_samples(request: web.Request) -> web.StreamResponse:
     candidate, against = parse_quality_args(request["args"])
     stream = ProgressStream(request)
     await stream.start()
-    result = await stream_quality_samples(daemon, stream, candidate, against)
-    return await stream.finish(result)
+    return await streamed(stream, stream_quality_samples(daemon, stream, candidate, against))
 
 
 def create_admin_app(daemon: Daemon) -> web.Application:

@@ -44,7 +44,7 @@ def _nfe_arg(args: dict[str, Any], key: str) -> int | None:
 
 def parse_selfcheck_args(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     thresholds = daemon.config.selfcheck
-    overrides: dict[str, float] = {}
+    overrides: dict[str, Any] = {}
     for key in THRESHOLD_KEYS:
         if args.get(key) is not None:
             value = args[key]

@@ -105,7 +105,7 @@ def test_missing_model_files_exit_78_with_instructions(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "ishowttsd", "--dev", "--config", str(cfg), "--port",
                         str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=base_env())
     assert r.returncode == 78
-    line = json.loads([ln for ln in r.stdout.splitlines() if "model files missing" in ln][0])
+    line = json.loads(next(ln for ln in r.stdout.splitlines() if "model files missing" in ln))
     assert "--fetch-model --accept-license" in line["event"]
 
 
