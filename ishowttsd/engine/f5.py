@@ -8,7 +8,6 @@ vocab and vocoder are local paths, or built in-process with seeded random weight
 
 from __future__ import annotations
 
-import copy
 import logging
 import secrets
 import time
@@ -166,8 +165,10 @@ class Engine:
         device: torch.device,
         precision: str,
         info: EngineInfo,
+        dit_kwargs: dict[str, Any],
     ) -> None:
         self.dit = dit
+        self._dit_kwargs = dit_kwargs
         self.vocoder = vocoder
         self.vocab = vocab
         self.device = device
@@ -208,7 +209,8 @@ class Engine:
         # and untrained weights must be the same for the same seed, whatever ran before.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
-            dit = DiT(**preset.dit, text_num_embeds=len(vocab), mel_dim=N_MELS)
+            dit_kwargs: dict[str, Any] = {**preset.dit, "text_num_embeds": len(vocab), "mel_dim": N_MELS}
+            dit = DiT(**dit_kwargs)
             if spec.untrained:
                 _randomise_zero_init(dit)
         if not spec.untrained:
@@ -249,7 +251,9 @@ class Engine:
             vocab_size=len(vocab),
         )
         log.info("engine loaded", extra={"engine": info.as_dict()})
-        return cls(dit=dit, vocoder=voc, vocab=vocab, device=device, precision=precision, info=info)
+        return cls(
+            dit=dit, vocoder=voc, vocab=vocab, device=device, precision=precision, info=info, dit_kwargs=dit_kwargs
+        )
 
     # ------------------------------------------------------------------ voices
 
@@ -294,9 +298,19 @@ class Engine:
         return ids.to(self.device)
 
     def _fp32_model(self) -> nn.Module:
+        """An fp32 twin of the DiT, built on first need (the weights are the half-precision
+        ones widened back: what fp32 fixes is overflow in activations, not weight rounding).
+
+        Rebuilt from the constructor arguments rather than ``copy.deepcopy``: a DiT that ever
+        ran through upstream's ``CFM.sample`` holds a ``threading.local`` cache, which cannot
+        be copied (seen on the H100).
+        """
         if self._fp32_dit is None:
-            log.warning("building an fp32 copy of the model for the fp16 fallback")
-            self._fp32_dit = copy.deepcopy(self.dit).float()
+            log.warning("building an fp32 copy of the model for the half-precision fallback")
+            with torch.random.fork_rng(devices=[]), torch.device(self.device):
+                twin = DiT(**self._dit_kwargs)
+            twin.load_state_dict({k: v.float() for k, v in self.dit.state_dict().items()})
+            self._fp32_dit = twin.eval().requires_grad_(False)
         return self._fp32_dit
 
     def _render(
