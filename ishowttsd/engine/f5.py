@@ -92,13 +92,16 @@ def _noop(_: str) -> None:
 def _resolve_device(name: str) -> torch.device:
     name = name.strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise EngineError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise EngineError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise EngineError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
