@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import random
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,9 @@ def build_samples(
 
     def write_pair(entry: dict[str, Any], candidate: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
         files: dict[str, Any] = {}
-        for side, nfe, audio in (("candidate", candidate_nfe, candidate), ("reference", reference_nfe, reference)):
-            stem = f"{entry['id']}_nfe{nfe}"
+        for side, audio in (("candidate", candidate), ("reference", reference)):
+            # A random name: the file name must not tell the rater which clip is which.
+            stem = f"{entry['id']}_{secrets.token_hex(3)}"
             sf.write(out_dir / f"{stem}.wav", np.asarray(audio, dtype=np.float32), sample_rate, subtype="PCM_16")
             # Spectrograms carry no NFE in their title: the page must stay blind.
             spectrogram_png(audio, sample_rate, out_dir / f"{stem}.png")

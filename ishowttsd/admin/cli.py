@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -283,9 +284,11 @@ def _validation_text(result: Mapping[str, Any], nfe: int) -> str:
         lines += [f"  note: {r}" for r in reasons]
         if result.get("epss"):
             lines.append(f"note: {nfe} steps has an upstream EPSS table (Empirically Pruned Step Sampling)")
+        lines += [f"note: {n}" for n in result.get("notes") or []]
         return "\n".join(lines)
     lines = [f"nfe {nfe}: validation FAILED"]
     lines += [f"  - {r}" for r in reasons] or ["  - (the daemon gave no reason)"]
+    lines += [f"note: {n}" for n in result.get("notes") or []]
     if result.get("rolled_back"):
         restored = result.get("restored_nfe", old)
         rb_version = result.get("rollback_version", "?")
@@ -478,8 +481,9 @@ class SampleWriter:
         stem = f"{index:02d}-{_slug(str(event.get('category', 'text')))}"
         pair = {k: v for k, v in event.items() if k not in ("event", "candidate_wav_b64", "reference_wav_b64")}
         pair["index"] = index
-        for side, nfe in (("candidate", self.nfe), ("reference", self.against)):
-            wav = self.out / f"{stem}-nfe{nfe}.wav"
+        for side in ("candidate", "reference"):
+            # A random name: the file name must not tell the rater which clip is which.
+            wav = self.out / f"{stem}-{secrets.token_hex(3)}.wav"
             wav.write_bytes(base64.b64decode(event[f"{side}_wav_b64"]))
             png = wav.with_suffix(".png")
             _spectrogram(wav, png)

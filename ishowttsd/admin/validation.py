@@ -187,8 +187,6 @@ def _quality_blocking(daemon: Daemon, emit: Callable[[dict[str, Any]], None], ca
 async def validate_nfe_change(daemon: Daemon, stream: ProgressStream, *, version: int, old: int, new: int,
                               uid: int) -> dict[str, Any]:
     """Self-check at the new NFE, then the quality gate; roll back if either fails."""
-    await stream.write({"event": "progress", "stage": "selfcheck", "done": 0, "total": 0,
-                        "text": f"self-check at nfe {new}"})
     record = await run_selfcheck(daemon, stream, nfe=new, thresholds=daemon.config.selfcheck, compare_nfe=None)
     reference = daemon.config.quality.reference_nfe
     comparison = await stream.run(lambda emit: _quality_blocking(daemon, emit, new, reference))
