@@ -33,6 +33,8 @@ log = get_logger("ishowttsd.api")
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 RETRY_AFTER_S = "1"
 MAX_SEED = 2**31 - 1
+# About one short clause: enough for natural prosody, short enough for fast first audio.
+STREAM_FIRST_CHUNK_BYTES = 60
 
 
 class Service(Protocol):
@@ -241,7 +243,9 @@ class Synthesizer:
                   on_chunk: Callable[[np.ndarray], None] | None = None) -> JobResult:
         self._check_ready()
         try:
-            job = self.service.worker.synthesize(req, priority=LIVE, on_chunk=on_chunk)
+            # A stream's first chunk is kept short, so its first audio comes sooner.
+            first = STREAM_FIRST_CHUNK_BYTES if on_chunk is not None else None
+            job = self.service.worker.synthesize(req, priority=LIVE, on_chunk=on_chunk, first_chunk_bytes=first)
         except QueueFull as exc:
             raise ApiError(503, "queue_full", f"the server is busy ({exc}); retry shortly",
                            {"Retry-After": RETRY_AFTER_S}) from None

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fetch_model(cfg: config.Config, *, accept_license: bool) -> int:
-    from ishowttsd.engine.f5 import EngineError
+    from ishowttsd.engine.errors import EngineError
     from ishowttsd.engine.fetch import fetch_model
 
     try:

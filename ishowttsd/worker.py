@@ -118,10 +118,15 @@ class Worker:
         return time.monotonic() - self._beat
 
     def synthesize(self, req: SynthesisRequest, *, priority: int = LIVE,
-                   on_chunk: Callable[[np.ndarray], None] | None = None) -> Job[JobResult]:
-        """Queue a synthesis; the caller awaits job.future and sets job.cancelled to drop it."""
-        job: Job[JobResult] = Job(run=lambda slot, stop: self._synthesize(slot, req, on_chunk, stop, job),
-                                  priority=priority)
+                   on_chunk: Callable[[np.ndarray], None] | None = None,
+                   first_chunk_bytes: int | None = None) -> Job[JobResult]:
+        """Queue a synthesis; the caller awaits job.future and sets job.cancelled to drop it.
+
+        ``first_chunk_bytes`` caps the first text chunk, so a stream's first audio comes sooner.
+        """
+        job: Job[JobResult] = Job(
+            run=lambda slot, stop: self._synthesize(slot, req, on_chunk, stop, job, first_chunk_bytes),
+            priority=priority)
         self._enqueue(job, limit=self._queue_size if priority == LIVE else None)
         return job
 
@@ -209,14 +214,16 @@ class Worker:
 
     def _synthesize(self, slot: ModelSlot | None, req: SynthesisRequest,
                     on_chunk: Callable[[np.ndarray], None] | None,
-                    should_stop: Callable[[], bool], job: Job[Any]) -> JobResult:
+                    should_stop: Callable[[], bool], job: Job[Any],
+                    first_chunk_bytes: int | None = None) -> JobResult:
         if slot is None:
             raise WorkerStopped("no model is loaded")
         voice = slot.voices.get(req.voice_id)
         if voice is None:
             raise UnknownVoice(req.voice_id)
         started = time.monotonic()
-        synthesis = slot.engine.synthesize(voice, req, on_chunk=on_chunk, should_stop=should_stop)
+        extra = {"first_chunk_bytes": first_chunk_bytes} if first_chunk_bytes else {}
+        synthesis = slot.engine.synthesize(voice, req, on_chunk=on_chunk, should_stop=should_stop, **extra)
         finished = time.monotonic()
         self.served += 1
         if job.priority == LIVE:
