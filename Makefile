@@ -67,6 +67,32 @@ integration: $(STAMP)
 packaging: $(STAMP) test-deps
 	$(VENV)/bin/pytest -q tests/packaging
 
+# make deb -> dist/ishowtts_<version>_<arch>.deb (+ .buildinfo, .changes).  debian/rules says how.
+# A clean PATH, so that dh-virtualenv and pip run on /usr/bin/python3 (the interpreter the
+# package depends on), never on .venv's or pyenv's.  TORCH_SPEC (above) is the torch bundled:
+# CPU torch by default; on a Jetson, NVIDIA's JetPack wheel, e.g.
+#   make deb TORCH_SPEC=/path/to/torch-2.x-cp310-cp310-linux_aarch64.whl   (see debian/README.Debian)
+# DEB_PROFILES=pkg.ishowtts.thin: the package without torch and f5-tts, for a quick lintian
+# run (debian/rules); it lands in dist/thin/ so it never passes for the real one.
+DEB_PATH := /usr/sbin:/usr/bin:/sbin:/bin
+DEB_PROFILES ?=
+DEB_DIST ?= $(if $(filter pkg.ishowtts.thin,$(DEB_PROFILES)),dist/thin,dist)
+DEB_VERSION = $(shell dpkg-parsechangelog -S Version)
+DEB_ARCH = $(shell dpkg-architecture -qDEB_HOST_ARCH)
+# debhelper's leftovers, removed before and after a build: debian/ishowtts alone is 2+ GB.
+DEB_SCRATCH := debian/ishowtts debian/.debhelper debian/files debian/*.substvars debian/*.debhelper \
+  debian/debhelper-build-stamp
+deb:
+	rm -rf $(DEB_SCRATCH)
+	mkdir -p $(DEB_DIST)
+	rm -f $(DEB_DIST)/ishowtts_$(DEB_VERSION)_$(DEB_ARCH).*
+	env PATH=$(DEB_PATH) ISHOWTTS_TORCH_SPEC='$(TORCH_SPEC)' ISHOWTTS_DEB_DESTDIR='$(DEB_DIST)' \
+	  dpkg-buildpackage -b -us -uc --no-pre-clean $(if $(DEB_PROFILES),--build-profiles=$(DEB_PROFILES)) \
+	    --buildinfo-option=-u$(DEB_DIST) --buildinfo-file=$(DEB_DIST)/ishowtts_$(DEB_VERSION)_$(DEB_ARCH).buildinfo \
+	    --changes-option=-u$(DEB_DIST) --changes-file=$(DEB_DIST)/ishowtts_$(DEB_VERSION)_$(DEB_ARCH).changes
+	rm -rf $(DEB_SCRATCH)
+	@ls -l $(DEB_DIST)/ishowtts_$(DEB_VERSION)_$(DEB_ARCH).deb
+
 bench-cpu: $(STAMP)
 	$(PY) bench/rtf.py --tiny --device cpu
 
