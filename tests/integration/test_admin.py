@@ -192,3 +192,23 @@ def test_reload_with_changed_checkpoint_swaps_without_failed_requests(tmp_path: 
         reloaded = d.wait_event("reloaded", trigger="admin")
         assert reloaded["model_reloaded"] is True
         assert len(statuses) >= 3 and set(statuses) == {200}, statuses
+
+
+def test_second_daemon_on_a_live_socket_refuses_to_start(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as d, running_daemon(tmp_path, wait=False, notify=False) as second:
+        assert second.proc.wait(120) != 0
+        assert any("another daemon is serving" in str(e.get("error", "")) for e in second.events())
+        assert status_json(d)["ready"] is True, "the first daemon keeps serving"
+
+
+def test_admin_body_limit_and_bad_values(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as d:
+        big = '{"nfe": 6, "pad": "' + "x" * 70_000 + '"}'
+        out = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", "--unix-socket", str(d.admin_socket),
+                              "-X", "POST", "--data-binary", "@-", "http://localhost/v1/nfe"], input=big,
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        body, code = out.rsplit("\n", 1)
+        assert code == "413" and json.loads(body)["error"]["code"] == "body_too_large"
+        r = d.admin("rollback", "--to", "9")
+        assert r.returncode == 5
+        assert status_json(d)["nfe"] == 7

@@ -143,3 +143,22 @@ def test_log_file_sink_reopens_on_sigusr1(tmp_path: Path) -> None:
         d.wait_event("log file reopened")
         assert log_file.exists()
         assert any(json.loads(ln)["event"] == "log file reopened" for ln in log_file.read_text().splitlines())
+
+
+def test_watchdog_pings_stop_while_the_worker_is_stuck(tmp_path: Path) -> None:
+    # One job that keeps the worker inside a single long chunk (60 s of audio at 64 steps)
+    # stands in for a hung GPU: the heartbeat goes stale and the pings must stop.
+    config = "[daemon]\nheartbeat_stale_s = 1.0\ndrain_timeout_s = 0.5\n[limits]\nrequest_timeout_s = 600\n"
+    with running_daemon(tmp_path, config=config, watchdog_usec=400_000) as d:
+        n = d.notify
+        assert n is not None
+        time.sleep(0.6)
+        assert "WATCHDOG=1" in n.lines(), "healthy: pings flow"
+        body = {"text": "A long, long stretch of speech.", "fix_duration": 60.0, "nfe_step": 64}
+        client = threading.Thread(target=lambda: post_json(d.url + "/api/tts", body, timeout=600), daemon=True)
+        client.start()
+        stale = d.wait_event("worker heartbeat stale; withholding watchdog ping", timeout=60)
+        assert stale["heartbeat_age_s"] >= 1.0
+        mark = len(n.messages)
+        time.sleep(1.0)
+        assert all("WATCHDOG=1" not in msg for _, msg in n.messages[mark:]), "no ping while the worker is stuck"
