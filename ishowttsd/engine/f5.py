@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint, sampler, text
+from . import accel, checkpoint, sampler, text
 from .errors import Cancelled, EngineError, VoiceError
 from .paths import default_vocab, f5_version
 from .presets import HOP_LENGTH, N_FFT, N_MELS, WIN_LENGTH, get_preset
@@ -65,6 +65,9 @@ class EngineInfo:
     vocoder_parameters: int = 0
     vocab: str = ""
     vocab_size: int = 0
+    # The fast ODE path in force (issue 8): bucketed + masked, torch.compile, CUDA graphs.
+    compiled: bool = False
+    cuda_graphs: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,8 +172,11 @@ class Engine:
         precision: str,
         info: EngineInfo,
         dit_kwargs: dict[str, Any],
+        fast: accel.FastSolver | None = None,
     ) -> None:
         self.dit = dit
+        # The bucketed compiled/graphed solver for self.dit (None: eager sampler.sample).
+        self.fast = fast
         self._dit_kwargs = dit_kwargs
         self.vocoder = vocoder
         self.vocab = vocab
@@ -192,10 +198,19 @@ class Engine:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, spec: ModelSpec, *, vocoder: str, progress: Callable[[str], None] = _noop) -> Engine:
+    def load(
+        cls,
+        spec: ModelSpec,
+        *,
+        vocoder: str,
+        progress: Callable[[str], None] = _noop,
+        cache_dir: str | Path | None = None,
+    ) -> Engine:
         """Build the DiT (checkpoint or seeded random), the vocoder and the mel front end.
 
         ``vocoder`` is a local Vocos dir or "untrained" (the caller resolves the default).
+        ``cache_dir`` holds the compile caches (inductor, Triton) when ``spec.compile`` is on;
+        without it they go where torch puts them by default (under /tmp).
         Raises EngineError with an operator-facing message.
         """
         try:
@@ -234,8 +249,17 @@ class Engine:
         dit = dit.eval().requires_grad_(False).to(device=device, dtype=dtype)
         # The vocoder stays fp32: it is ~2% of the work, and its ISTFT needs fp32 anyway.
         voc = voc.eval().requires_grad_(False).to(device=device)
-        if spec.compile or spec.cuda_graphs:
-            log.warning("model.compile / model.cuda_graphs are not implemented yet; running eager")
+        fast: accel.FastSolver | None = None
+        if (spec.compile or spec.cuda_graphs) and device.type != "cuda":
+            log.info("model.compile / model.cuda_graphs are GPU-only; running eager", extra={"device": str(device)})
+        elif spec.compile or spec.cuda_graphs:
+            if spec.compile:
+                caches = accel.configure_caches(cache_dir)
+                progress("compiling the model (cached kernels are reused)")
+                log.info("torch.compile on", extra={"caches": caches or "torch default"})
+                # The vocoder's ConvNeXt compiles with dynamic shapes (it runs on exact lengths).
+                voc.backbone = accel.SafeCompiled(voc.backbone, "vocoder backbone")
+            fast = accel.FastSolver(dit, device, compile=spec.compile, graphs=spec.cuda_graphs)
 
         info = EngineInfo(
             architecture=spec.architecture,
@@ -252,10 +276,19 @@ class Engine:
             vocoder_parameters=sum(p.numel() for p in voc.parameters()),
             vocab=str(vocab_path),
             vocab_size=len(vocab),
+            compiled=fast is not None and fast.compiled,
+            cuda_graphs=fast is not None and fast.graphs_enabled,
         )
         log.info("engine loaded", extra={"engine": info.as_dict()})
         return cls(
-            dit=dit, vocoder=voc, vocab=vocab, device=device, precision=precision, info=info, dit_kwargs=dit_kwargs
+            dit=dit,
+            vocoder=voc,
+            vocab=vocab,
+            device=device,
+            precision=precision,
+            info=info,
+            dit_kwargs=dit_kwargs,
+            fast=fast,
         )
 
     # ------------------------------------------------------------------ voices
@@ -329,9 +362,14 @@ class Engine:
     ) -> np.ndarray:
         """One chunk: ODE solve then vocoder; returns the generated part's samples."""
         t0 = time.perf_counter()
-        mel = sampler.sample(
-            dit, ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
-        )
+        if self.fast is not None and dit is self.fast.dit:
+            mel = self.fast.sample(
+                ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
+            )
+        else:
+            mel = sampler.sample(
+                dit, ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
+            )
         _sync(self.device)
         t1 = time.perf_counter()
         wave = self.vocoder(mel[:, ref.frames :, :].permute(0, 2, 1).float())[0]
@@ -430,7 +468,20 @@ class Engine:
 
         If half precision needed the fp32 fallback here, this GPU's fp16/bf16 output is broken:
         the engine switches to fp32 for good (and says so) rather than pay twice per request.
+
+        With the fast path on, every length bucket a default-speed request on this voice can
+        hit is compiled and captured first, so no request pays for it.
         """
+        if self.fast is not None:
+            t0 = time.perf_counter()
+            try:
+                captured = self.fast.precapture(self.fast.warm_frames(voice.reference.frames + 1))
+            except Exception as exc:
+                raise EngineError(f"compiling/capturing the model failed: {type(exc).__name__}: {exc}") from exc
+            log.info(
+                "fast path ready",
+                extra={"graphs": captured, "compiled": self.fast.compiled, "s": round(time.perf_counter() - t0, 2)},
+            )
         for nfe in sorted(set(nfe_values)):
             req = SynthesisRequest(text=_WARMUP_TEXT, voice_id=voice.id, nfe=nfe, seed=0)
             try:
@@ -452,7 +503,8 @@ class Engine:
                 )
                 self.dit = self._fp32_model()
                 self.precision = "fp32"
-                self.info = replace(self.info, precision="fp32")
+                self.fast = None  # its graphs hold the half-precision model
+                self.info = replace(self.info, precision="fp32", compiled=False, cuda_graphs=False)
             log.info(
                 "warm-up done",
                 extra={"nfe": nfe, "rtf": round(result.timings["total"] / max(result.duration_s, 1e-9), 4)},

@@ -65,4 +65,15 @@ from f5_tts.model.utils import (  # noqa: E402
     list_str_to_idx,
 )
 
-__all__ = ["DiT", "MelSpec", "convert_char_to_pinyin", "get_epss_timesteps", "list_str_to_idx"]
+# The RoPE function upstream's attention applies (x_transformers'), so our masked attention
+# (accel.py) rotates exactly as upstream does.
+from x_transformers.x_transformers import apply_rotary_pos_emb  # noqa: E402
+
+__all__ = [
+    "DiT",
+    "MelSpec",
+    "apply_rotary_pos_emb",
+    "convert_char_to_pinyin",
+    "get_epss_timesteps",
+    "list_str_to_idx",
+]

@@ -79,6 +79,12 @@ def _vocos_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module],
 
 def build_untrained(shape: VocoderShape, seed: int) -> Vocoder:
     """A randomly initialised Vocos of the given size; the same seed gives the same weights."""
+    return Vocoder(build_untrained_vocos(shape, seed)).eval()
+
+
+def build_untrained_vocos(shape: VocoderShape, seed: int) -> Any:
+    """Upstream's own ``vocos.Vocos`` object with the weights :func:`build_untrained` uses
+    (the benchmark hands it to stock f5-tts, so both paths decode with the same network)."""
     vocos_cls, features_cls, backbone_cls, head_cls = _vocos_classes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -92,7 +98,7 @@ def build_untrained(shape: VocoderShape, seed: int) -> Vocoder:
             ),
             head=head_cls(dim=shape.dim, n_fft=N_FFT, hop_length=HOP_LENGTH, padding="same"),
         )
-    return Vocoder(vocos).eval()
+    return vocos.eval()
 
 
 def load_local(directory: Path) -> Vocoder:
