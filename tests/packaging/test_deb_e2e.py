@@ -57,6 +57,8 @@ SELFCHECK_SERVICE_DROPIN = """\
 ExecStart=
 ExecStart=/usr/bin/ishowtts-admin self-check --max-mean-rtf 1000 --max-rtf 1000 --max-cv 1000 --max-slowdown 1000
 """
+# Output of earlier steps that later ones look at.
+OUTPUT: dict[str, str] = {}
 REQUIRED_TOOLS = ("systemd-nspawn", "nsenter", "debootstrap", "dpkg-buildpackage", "dh_virtualenv", "make")
 START_TIMEOUT = 300.0
 
@@ -109,7 +111,8 @@ def container(workdir: Path) -> Iterator[Container]:
 @pytest.fixture(scope="module")
 def installed(container: Container, deb: Path) -> Container:
     shutil.copy(deb, container.rootfs / "root" / deb.name)
-    container.run(["apt-get", "install", "-y", f"/root/{deb.name}"], timeout=600, check=True, env=_apt_env())
+    res = container.run(["apt-get", "install", "-y", f"/root/{deb.name}"], timeout=600, check=True, env=_apt_env())
+    OUTPUT["apt install"] = res.stdout + res.stderr
     (container.rootfs / "root" / deb.name).unlink()
     return container
 
@@ -210,6 +213,8 @@ def test_without_model_exits_78_and_does_not_loop(installed: Container) -> None:
     log = installed.run(["journalctl", "-u", "ishowttsd.service", "-o", "cat", "--no-pager"], check=True).stdout
     hints = [line for line in log.splitlines() if "--fetch-model --accept-license" in line]
     assert len(hints) == 1, f"want one line telling the operator what to do, got {hints}\n{log[-3000:]}"
+    # ... and postinst repeats it where the operator is looking.
+    assert "sudo ishowttsd --fetch-model --accept-license" in OUTPUT["apt install"], OUTPUT["apt install"]
 
 
 def test_enabled_and_active(serving: Container) -> None:
@@ -340,18 +345,54 @@ def test_kill_9_brings_a_restart(serving: Container) -> None:
     assert int(show(box)["NRestarts"]) == int(before["NRestarts"]) + 1
 
 
+INSTANCE_CONFIG = """\
+[daemon]
+state_dir = "/var/lib/ishowtts-gpu1"
+runtime_dir = "/run/ishowtts-gpu1"
+cache_dir = "/var/cache/ishowtts-gpu1"
+[admin]
+socket = "/run/ishowtts-gpu1/admin.sock"
+[http]
+listen = "127.0.0.1:8081"
+"""
+
+
+def test_template_instance_beside_the_service(serving: Container) -> None:
+    # ishowttsd@gpu1 with its own config, socket, port and directories, next to ishowttsd.
+    box = serving
+    box.write("/etc/ishowtts/gpu1/ishowttsd.toml", INSTANCE_CONFIG)
+    box.write("/etc/ishowtts/gpu1/conf.d/test.toml", TEST_DROPIN)
+    box.write("/etc/systemd/system/ishowttsd@.service.d/test.conf", SERVICE_DROPIN)
+    box.run(["systemctl", "daemon-reload"], check=True)
+    sock = "/run/ishowtts-gpu1/admin.sock"
+    try:
+        start = box.run(["systemctl", "start", "ishowttsd@gpu1.service"], timeout=START_TIMEOUT)
+        assert start.returncode == 0, journal_tail(box, "ishowttsd@gpu1.service")
+        res = box.run(["ishowtts-admin", "--socket", sock, "status", "--json"], check=True)
+        status = json.loads(res.stdout)
+        assert "/etc/ishowtts/gpu1/ishowttsd.toml" in status["config_files"], status["config_files"]
+        box.run(["curl", "-sS", "--fail", "http://127.0.0.1:8081/readyz"], check=True)
+        reload = box.run(["systemctl", "reload", "ishowttsd@gpu1.service"], timeout=START_TIMEOUT)
+        assert reload.returncode == 0, journal_tail(box, "ishowttsd@gpu1.service")
+    finally:
+        box.run(["systemctl", "stop", "ishowttsd@gpu1.service"], timeout=START_TIMEOUT)
+    # Stopping the instance removed its runtime directory, not the main daemon's.
+    assert box.run(["test", "-e", sock]).returncode == 1
+    assert box.run(["systemctl", "is-active", "ishowttsd.service"]).stdout.strip() == "active"
+    box.run(["test", "-S", "/run/ishowtts/admin.sock"], check=True)
+
+
 def test_purge_removes_user(installed: Container) -> None:
     box = installed
     # What the test added; an operator's own drop-ins would stay behind (README.Debian).
     box.run(["rm", "-rf", f"{CONF_D}/test.toml", f"{CONF_D}/test-selfcheck.toml"], check=True)
-    box.run(
-        ["rm", "-rf", "/etc/systemd/system/ishowttsd.service.d", "/etc/systemd/system/ishowtts-selfcheck.service.d"]
-    )
+    box.run("rm -rf /etc/ishowtts/gpu1 /etc/systemd/system/ishowtt*.service.d", check=True)
     box.run(["apt-get", "purge", "-y", "ishowtts"], timeout=300, check=True, env=_apt_env())
     for db, name in (("passwd", "ishowtts"), ("group", "ishowtts"), ("group", "ishowtts-admin")):
         assert box.run(["getent", db, name]).returncode == 2, f"{db} {name} still there"
     for path in (
         "/var/lib/ishowtts",
+        "/var/lib/ishowtts-gpu1",
         "/var/cache/ishowtts",
         "/var/log/ishowtts",
         "/etc/ishowtts",
