@@ -97,6 +97,8 @@ def test_verify_would_catch_a_mistake(fake_root: Path, tmp_path: Path) -> None:
 @needs_analyze
 def test_security_exposure(fake_root: Path) -> None:
     res = analyze(fake_root, "security", "--offline=true", "ishowttsd.service")
+    if res.returncode != 0 and "offline" in res.stderr:
+        pytest.skip("systemd-analyze security --offline needs systemd >= 250")
     match = re.search(r"Overall exposure level for ishowttsd\.service: (\d+\.\d+)", res.stdout)
     assert match, res.stdout + res.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, res.stdout
