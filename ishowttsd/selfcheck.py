@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ishowttsd.config import SelfcheckConfig
+from ishowttsd.durable import fsync_dir
 from ishowttsd.engine.spec import SynthesisRequest
 
 log = logging.getLogger("ishowttsd.selfcheck")
@@ -496,7 +497,7 @@ class History:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def read(self) -> list[dict[str, Any]]:
         """Every readable record; a torn or corrupt line is skipped with a warning."""
@@ -521,14 +522,6 @@ class History:
 
     def last(self, n: int) -> list[dict[str, Any]]:
         return self.read()[-n:] if n > 0 else []
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- text output

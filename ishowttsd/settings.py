@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ishowttsd.durable import atomic_write
 from ishowttsd.engine.spec import EPSS_STEPS, MAX_NFE, MIN_NFE
 
 FORMAT = 1
@@ -338,8 +338,8 @@ class SettingsStore:
         """Persist ``versions`` and only then make them current (a failed write changes nothing)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The state before this change is the "last good copy".
-        _atomic_write(self.bak_path, _dump(self._versions))
-        _atomic_write(self.path, _dump(versions))
+        atomic_write(self.bak_path, _dump(self._versions))
+        atomic_write(self.path, _dump(versions))
         self._versions = versions
 
     # ----- helpers -----------------------------------------------------------------------------
@@ -379,27 +379,3 @@ class SettingsStore:
 def _dump(versions: list[Version]) -> bytes:
     doc = {"format": FORMAT, "versions": [v.to_json() for v in versions]}
     return (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode("utf-8")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename over, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ishowttsd.durable import atomic_write, fsync_dir
+
 from .errors import EngineError
 
 LICENSE_NOTICE = (
@@ -94,14 +96,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _verified(path: Path, asset: Asset) -> str | None:
     """The file's sha256 if it is present and matches its pins, else None."""
     if not path.is_file() or (asset.size is not None and path.stat().st_size != asset.size):
@@ -149,20 +143,13 @@ def _download(url: str, dest: Path, asset: Asset, progress: Callable[[str], None
         tmp.unlink(missing_ok=True)
         raise EngineError(f"{url}: sha256 {sha} does not match the pinned {asset.sha256}")
     os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return sha
 
 
 def _write_manifest(models: Path, hashes: dict[str, str]) -> None:
-    manifest = models / "MANIFEST.json"
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump({"sha256": hashes, "license": LICENSE_NOTICE.split(" Re-run")[0]}, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, manifest)
-    _fsync_dir(models)
+    body = {"sha256": hashes, "license": LICENSE_NOTICE.split(" Re-run")[0]}
+    atomic_write(models / "MANIFEST.json", (json.dumps(body, indent=2, sort_keys=True) + "\n").encode(), 0o644)
 
 
 def fetch_model(
