@@ -185,6 +185,9 @@ class Worker:
                     while queue:
                         job = queue.pop(0)
                         if job.cancelled.is_set():
+                            # The client went away (or timed out) while waiting: skip the work.
+                            log.info("dropped queued job: its client is gone",
+                                     queue_wait_s=round(time.monotonic() - job.enqueued_at, 3))
                             job.future.set_exception(JobCancelled("cancelled while queued"))
                             continue
                         if not job.future.set_running_or_notify_cancel():
