@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,persistence_mode \
   --format=csv > "$OUT/nvidia-smi.txt" 2>&1
 if [ "${SKIP_GPU_TESTS:-0}" != 1 ]; then
-  ISHOWTTSD_GPU_REPORT="$OUT/gpu_tests.json" timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
+  ISHOWTTSD_GPU_REPORT="$OUT/gpu_tests.json" timeout ${GPU_TEST_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu ${GPU_TEST_ARGS:-} \
     -o addopts="" -s > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests rc=$?"
 fi
 timeout "${BENCH_TIMEOUT:-540}" python3 bench/rtf.py --device cuda --out "$OUT" --keep-logs \

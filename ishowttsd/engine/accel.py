@@ -46,8 +46,10 @@ from .upstream import apply_rotary_pos_emb
 
 log = logging.getLogger("ishowttsd.engine")
 
-# 64 mel frames = 0.68 s of audio: at most 4% padding for the 15 s issue-8 utterance.
-BUCKET_FRAMES = 64
+# 128 mel frames = 1.37 s of audio.  Half as many buckets (and graphs) as 64 would give, and
+# on the H100 a 17x64-frame step ran 28% slower than a 16x64 one (31.2 vs 24.2 ms for 7 steps,
+# bench/NOTES.md): multiples of 128 suit the attention tiles.
+BUCKET_FRAMES = 128
 # Upstream sizes chunks so that reference + chunk is about 22 s; warm-up captures up to here.
 _WARM_SECONDS = 23.0
 _FRAMES_PER_SECOND = 24000 / 256
@@ -157,6 +159,27 @@ def masked_step(
     return x + dt * masked_velocity(dit, x, cond, text, mask, rope, t_emb, cfg).float()
 
 
+def _compile_step(dynamic: bool) -> StepFn:
+    """``torch.compile`` of :func:`masked_step`.
+
+    Measured on the H100 (bench/NOTES.md): a static compile costs about 30 s per bucket from
+    an empty cache, so a static compile per bucket is out.  With ``dynamic=True`` the first
+    bucket still specialises (dynamo guards its length) and the second bucket recompiles with
+    the length dynamic, which then serves every later bucket: two compiles in all.  The
+    recompile limit is raised anyway, so that dynamo never silently falls back to eager.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    limit = 256
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(int(getattr(dynamo_config, name)), limit))
+    if not dynamic:
+        # Otherwise the second shape would switch dynamo to a dynamic-shape recompile.
+        dynamo_config.automatic_dynamic_shapes = False
+    return torch.compile(masked_step, dynamic=dynamic)
+
+
 class _Padded:
     """A solve's inputs padded to a bucket."""
 
@@ -222,7 +245,14 @@ class FastSolver:
     """
 
     def __init__(
-        self, dit: DiTModule, device: torch.device, *, compile: bool, graphs: bool, granularity: int = BUCKET_FRAMES
+        self,
+        dit: DiTModule,
+        device: torch.device,
+        *,
+        compile: bool,
+        graphs: bool,
+        granularity: int = BUCKET_FRAMES,
+        dynamic: bool = True,
     ) -> None:
         self.dit = dit
         self.device = device
@@ -231,9 +261,7 @@ class FastSolver:
         self.graphs_enabled = graphs and device.type == "cuda"
         step: StepFn = masked_step
         if compile:
-            # dynamic=True: one compile serves every bucket (a static compile per bucket would
-            # take 25-60 s each); the graphs then pin each bucket's shape.
-            step = torch.compile(masked_step, dynamic=True)
+            step = _compile_step(dynamic)
         self.step = step
         self._graphs: dict[tuple[int, int], _StepGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_enabled else None
@@ -306,24 +334,3 @@ class FastSolver:
         x = self.solve(c, noise)
         ref = ref_mel.shape[1]
         return torch.cat((ref_mel.to(x.dtype), x[:, ref:]), dim=1)
-
-
-class SafeCompiled(torch.nn.Module):
-    """A module compiled with dynamic shapes that falls back to eager, once and for good, if
-    compiling it fails (the vocoder is 2% of the work: not worth failing a start over)."""
-
-    def __init__(self, module: torch.nn.Module, name: str) -> None:
-        super().__init__()
-        self.module = module
-        self.name = name
-        self._compiled: Callable[..., Tensor] | None = torch.compile(module, dynamic=True)
-
-    def forward(self, *args: Any) -> Tensor:
-        if self._compiled is not None:
-            try:
-                return self._compiled(*args)
-            except Exception as exc:  # any compiler failure means: run eager
-                log.warning("compiling %s failed (%s: %s); running it eager", self.name, type(exc).__name__, exc)
-                self._compiled = None
-        out: Tensor = self.module(*args)
-        return out
