@@ -80,7 +80,7 @@ DEB_DIST ?= $(if $(filter pkg.ishowtts.thin,$(DEB_PROFILES)),dist/thin,dist)
 DEB_VERSION = $(shell dpkg-parsechangelog -S Version)
 DEB_ARCH = $(shell dpkg-architecture -qDEB_HOST_ARCH)
 # debhelper's leftovers, removed before and after a build: debian/ishowtts alone is 2+ GB.
-DEB_SCRATCH := debian/ishowtts debian/.debhelper debian/files debian/*.substvars debian/*.debhelper \
+DEB_SCRATCH := debian/ishowtts debian/.debhelper debian/files debian/*.substvars debian/*.debhelper debian/*.debhelper.log \
   debian/debhelper-build-stamp
 deb:
 	rm -rf $(DEB_SCRATCH)
