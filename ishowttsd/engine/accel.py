@@ -46,10 +46,10 @@ from .upstream import apply_rotary_pos_emb
 
 log = logging.getLogger("ishowttsd.engine")
 
-# 128 mel frames = 1.37 s of audio.  Half as many buckets (and graphs) as 64 would give, and
-# on the H100 a 17x64-frame step ran 28% slower than a 16x64 one (31.2 vs 24.2 ms for 7 steps,
-# bench/NOTES.md): multiples of 128 suit the attention tiles.
-BUCKET_FRAMES = 128
+# 64 mel frames = 0.68 s of audio: at most 4% padding for the 15 s issue-8 utterance.  Tried
+# 128 on the H100 (fewer graphs): the 1457-frame solve padded to 1536 ran 64.6 ms against
+# 57.9 ms at 1472, and the compile count does not depend on the bucket count (bench/NOTES.md).
+BUCKET_FRAMES = 64
 # Upstream sizes chunks so that reference + chunk is about 22 s; warm-up captures up to here.
 _WARM_SECONDS = 23.0
 _FRAMES_PER_SECOND = 24000 / 256
