@@ -1,0 +1,43 @@
+"""bench/rtf.py runs for real on the CPU with the tiny model (issue 8: it must run in CI).
+
+The numbers mean nothing on a tiny untrained model; what is checked is that every phase of the
+GPU benchmark (stock infer_process, the engine, the daemon over HTTP) runs and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_tiny_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    cmd = [sys.executable, str(REPO / "bench" / "rtf.py"), "--tiny", "--device", "cpu", "--out", str(out),
+           "--repeats", "1", "--warmup", "1", "--nfes", "7,6", "--stock-nfes", "7", "--clients", "1,4",
+           "--throughput-requests", "4", "--single-start", "--ready-timeout", "60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "rtf.json").read_text())
+    assert data["errors"] == {}
+    phases = data["phases"]
+    assert phases["env"]["arch"] == "tiny"
+    stock = phases["stock"]["nfe"]["7"]
+    assert stock["median"] > 0 and stock["audio_s"] > 1
+    eager = phases["engine"]["variants"]["eager"]
+    assert set(eager["nfe"]) == {"7", "6"}
+    # fp32 eager against itself on the CPU: the same computation, so no distance
+    assert eager["nfe"]["7"]["distance_db_vs_fp32_eager"] < 1e-3
+    assert eager["stream_first_audio"]["median"] > 0
+    daemon = phases["daemon"]
+    assert daemon["wav"]["audio_s"] > 1 and daemon["stream_first_audio"]["median"] > 0
+    assert set(daemon["throughput"]) == {"1", "4"}
+    assert daemon["cold_start_empty_cache_s"] > 0
+    table = (out / "table.md").read_text()
+    assert "stock infer_process" in table and "HTTP e2e" in table
