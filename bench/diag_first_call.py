@@ -15,7 +15,8 @@ from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
 eng = Engine.load(ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda"), vocoder="untrained")
 voice = eng.prepare_voice(VoiceSpec(id="default"))
 eng.warm_up(voice, [7])
-words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen".split()
+words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen"]
 for cudnn in (True, False):
     torch.backends.cudnn.enabled = cudnn
     for k in range(3):
