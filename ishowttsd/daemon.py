@@ -31,7 +31,8 @@ log = get_logger("ishowttsd.daemon")
 
 EX_OK = 0
 EX_SOFTWARE = 70
-WARMUP_TEXT = "Warming up the voice engine."
+# Each EXTEND_TIMEOUT_USEC grant while loading; renewed every third of it.
+EXTEND_STEP_S = 90.0
 
 
 class ReloadFailed(Exception):
@@ -190,17 +191,25 @@ class Daemon:
     async def _load_slot(self, cfg: Config, *, engine: Any = None) -> ModelSlot:
         """Load (or reuse) an engine, prepare the voices and warm up, beside whatever serves now."""
         progress: Callable[[str], None] = self._progress_reporter()
-        return await asyncio.to_thread(self._build_slot, cfg, engine, progress)
+        keepalive = asyncio.ensure_future(self._extend_timeout_while_loading())
+        try:
+            return await asyncio.to_thread(self._build_slot, cfg, engine, progress)
+        finally:
+            keepalive.cancel()
+
+    async def _extend_timeout_while_loading(self) -> None:
+        # A first torch.compile can run for minutes without a progress message: keep asking
+        # systemd for more time while the load really runs, instead of guessing one long grant.
+        while True:
+            self.notifier.extend_timeout(EXTEND_STEP_S)
+            await asyncio.sleep(EXTEND_STEP_S / 3)
 
     def _progress_reporter(self) -> Callable[[str], None]:
         loop = asyncio.get_running_loop()
-        timeout_s = 120.0
 
         def report(message: str) -> None:  # called from the loading thread
             def send() -> None:
                 self.notifier.status(message)
-                # Model loads and compiles can outlast TimeoutStartSec: ask for more time.
-                self.notifier.extend_timeout(timeout_s)
                 log.info("loading", step=message)
 
             loop.call_soon_threadsafe(send)
@@ -212,7 +221,8 @@ class Daemon:
 
         if engine is None:
             progress(f"loading model {cfg.model.architecture} ({cfg.model.weights})")
-            engine = Engine.load(cfg.model, vocoder=config.resolved_vocoder(cfg), progress=progress)
+            engine = Engine.load(cfg.model, vocoder=config.resolved_vocoder(cfg), progress=progress,
+                                 cache_dir=cfg.daemon.cache_dir)
         voices: dict[str, Any] = {}
         errors: dict[str, str] = {}
         for spec in cfg.voices:

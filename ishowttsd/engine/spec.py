@@ -48,10 +48,10 @@ class ModelSpec:
     precision: str = field(default="auto", metadata=meta(choices=PRECISIONS))
     # Seed for untrained weights, so that every run builds the same network.
     seed: int = field(default=0, metadata=meta(min=0, max=2**31 - 1))
-    # torch.compile the transformer step (GPU only; the first start compiles for a while).
-    compile: bool = False
-    # Capture the ODE loop in CUDA graphs (GPU only).
+    # Replay each ODE step as a CUDA graph (GPU only).
     cuda_graphs: bool = False
+    # torch.compile the transformer step (GPU only; the first start compiles for minutes).
+    compile: bool = False
 
     @property
     def untrained(self) -> bool:

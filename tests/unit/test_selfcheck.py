@@ -244,10 +244,12 @@ def test_run_suite_warms_up_then_repeats_every_text() -> None:
     engine = FakeEngine()
     record, events = suite(engine)
     n_texts = sum(len(t[:3]) for t in TEXTS.values())
-    warmups = 2  # one plain and one streaming per warm-up round
+    warmups = n_texts  # every text once per warm-up round, so no timed run is a first of its length
     assert len(engine.calls) == warmups + 2 * n_texts
-    # Warm-up first, covering both the plain and the streaming path.
-    assert [s for _, s in engine.calls[:warmups]] == [False, True]
+    # Warm-up first, every text in the mode it is timed in.
+    warm = engine.calls[:warmups]
+    assert sorted(r.text for r, _ in warm) == sorted(t for ts in TEXTS.values() for t in ts[:3])
+    assert all(streaming == (r.text in TEXTS[STREAMING_CATEGORY]) for r, streaming in warm)
     assert all(e["phase"] == "warmup" for e in events[:warmups])
     # Every timed text ran `repeats` times with the same seed and NFE.
     assert {(r.seed, r.nfe, r.voice_id) for r, _ in engine.calls} == {(1234, 7, "default")}
