@@ -372,7 +372,8 @@ class Engine:
             )
         _sync(self.device)
         t1 = time.perf_counter()
-        wave = self.vocoder(mel[:, ref.frames :, :].permute(0, 2, 1).float())[0]
+        with sampler.exact_length_convs(self.device):
+            wave = self.vocoder(mel[:, ref.frames :, :].permute(0, 2, 1).float())[0]
         if ref.rms < req.target_rms:
             wave = wave * (ref.rms / req.target_rms)
         samples = wave.cpu().numpy().astype(np.float32, copy=False)

@@ -17,6 +17,7 @@ tensors ``(x, t_emb, dt) -> x'`` with no host syncs and no CPU work, which is wh
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,20 @@ DiTModule = Any
 # CFM.sample treats a guidance weight this small as "no guidance" and skips the second pass.
 _NO_CFG = 1e-5
 
+
+
+def exact_length_convs(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Run convolutions at a request's exact length without cuDNN.
+
+    The text embedding and the vocoder run at every request's own length (the DiT steps run
+    at bucket shapes).  cuDNN builds execution plans for each new shape, which cost 250-650 ms
+    on the first request of every new length on an H100 (bench/NOTES.md item 6): a livestream,
+    where every message is a new length, would pay it all the time.  Without cuDNN these small
+    convolutions take a little longer, but always the same.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=False)
 
 def timesteps(nfe: int, sway: float | None, device: torch.device | str = "cpu") -> Tensor:
     """The fp32 time grid (nfe + 1 points from 0 to 1): EPSS where upstream has a table, else
@@ -91,9 +106,10 @@ def prepare(
     dtype = next(dit.parameters()).dtype
     device = ref_mel.device
     cond = F.pad(ref_mel.to(dtype), (0, 0, 0, frames - ref_mel.shape[1]), value=0.0)
-    text = dit.text_embed(text_ids, seq_len=frames, drop_text=False)
-    if cfg_strength >= _NO_CFG:
-        text_null = dit.text_embed(text_ids, seq_len=frames, drop_text=True)
+    with exact_length_convs(device):
+        text = dit.text_embed(text_ids, seq_len=frames, drop_text=False)
+        text_null = dit.text_embed(text_ids, seq_len=frames, drop_text=True) if cfg_strength >= _NO_CFG else None
+    if text_null is not None:
         cond = torch.cat((cond, torch.zeros_like(cond)), dim=0)
         text = torch.cat((text, text_null), dim=0)
     t = timesteps(nfe, sway, device)
