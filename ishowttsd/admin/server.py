@@ -82,6 +82,7 @@ async def admin_middleware(request: web.Request,
     mutating = request.method == "POST" and request.path in MUTATING
     pid = uid = -1
     args: Any = None
+    result = "error"
     try:
         pid, uid, gid = peer_credentials(request)
         request["uid"] = uid
@@ -113,7 +114,7 @@ async def admin_middleware(request: web.Request,
     finally:
         if mutating:
             audit_log.info("admin command", uid=uid, pid=pid, command=request.path, arguments=args,
-                           result=locals().get("result", "error"),
+                           result=result,
                            duration_s=round(time.monotonic() - started, 3))
 
 
