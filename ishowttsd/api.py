@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ishowttsd import audio_format
 from ishowttsd.config import Config
-from ishowttsd.engine.spec import MAX_NFE, MIN_NFE, SynthesisRequest
+from ishowttsd.engine.spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, SynthesisRequest
 from ishowttsd.logs import get_logger, text_fingerprint
 from ishowttsd.metrics import Metrics
 from ishowttsd.worker import LIVE, JobCancelled, JobResult, QueueFull, UnknownVoice, Worker, WorkerStopped
@@ -362,7 +362,7 @@ async def _stream_speech(request: web.Request, service: Service, ask: SpeechAsk)
         response.headers["X-Untrained-Model"] = "true"
     response.enable_chunked_encoding()
     await response.prepare(request)
-    sr = 24000
+    sr = SAMPLE_RATE
     encode_s = 0.0
     ttfa: float | None = None
     samples = 0

@@ -22,7 +22,6 @@ FORMATS: dict[str, tuple[str, str | None, str]] = {
 }
 # Formats whose pieces can be sent as they are made and still play as one stream.
 STREAMABLE = ("wav", "pcm", "mp3")
-OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
 def content_type(fmt: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ishowttsd import audio_format, clocks, quality, selfcheck
 from ishowttsd.config import SelfcheckConfig
-from ishowttsd.engine.spec import MAX_NFE, MIN_NFE, SynthesisRequest
+from ishowttsd.engine.spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, SynthesisRequest
 from ishowttsd.logs import get_logger
 from ishowttsd.worker import BACKGROUND
 
@@ -212,7 +212,7 @@ async def validate_nfe_change(daemon: Daemon, stream: ProgressStream, *, version
 async def stream_quality_samples(daemon: Daemon, stream: ProgressStream, candidate: int,
                                  against: int) -> dict[str, Any]:
     def on_pair(entry: dict[str, Any], cand: np.ndarray, ref: np.ndarray) -> None:
-        sr = 24000
+        sr = SAMPLE_RATE
         stream.emit_threadsafe({
             "event": "pair", "id": entry.get("id"), "category": entry["category"], "text": entry["text"],
             "distance": entry.get("distance_db"),
