@@ -113,6 +113,24 @@ def _rules_text() -> str:
     )
 
 
+def write_pair_files(out_dir: Path, stem: str, candidate: np.ndarray, reference: np.ndarray,
+                     sample_rate: int) -> dict[str, str]:
+    """Write one pair's WAVs and spectrograms under blind names; return the page's file fields."""
+    import soundfile as sf
+
+    from ishowttsd.plots import spectrogram_png
+
+    files: dict[str, str] = {}
+    for side, audio in (("candidate", candidate), ("reference", reference)):
+        # A random name: the file name must not tell the rater which clip is which.
+        name = f"{stem}-{secrets.token_hex(3)}"
+        sf.write(out_dir / f"{name}.wav", np.asarray(audio, dtype=np.float32), sample_rate, subtype="PCM_16")
+        # Spectrograms carry no NFE in their title: the page must stay blind.
+        spectrogram_png(audio, sample_rate, out_dir / f"{name}.png")
+        files[f"{side}_wav"], files[f"{side}_spectrogram"] = f"{name}.wav", f"{name}.png"
+    return files
+
+
 def build_samples(
     out_dir: Path,
     synthesize_audio: SynthesizeAudio,
@@ -132,22 +150,10 @@ def build_samples(
     The returned dict is :func:`compare_nfe`'s result with the file names in each entry and
     ``page`` (the index.html path).
     """
-    import soundfile as sf
-
-    from ishowttsd.plots import spectrogram_png
-
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def write_pair(entry: dict[str, Any], candidate: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-        files: dict[str, Any] = {}
-        for side, audio in (("candidate", candidate), ("reference", reference)):
-            # A random name: the file name must not tell the rater which clip is which.
-            stem = f"{entry['id']}_{secrets.token_hex(3)}"
-            sf.write(out_dir / f"{stem}.wav", np.asarray(audio, dtype=np.float32), sample_rate, subtype="PCM_16")
-            # Spectrograms carry no NFE in their title: the page must stay blind.
-            spectrogram_png(audio, sample_rate, out_dir / f"{stem}.png")
-            files[f"{side}_wav"], files[f"{side}_spectrogram"] = f"{stem}.wav", f"{stem}.png"
-        return files
+        return write_pair_files(out_dir, entry["id"], candidate, reference, sample_rate)
 
     result = compare_nfe(
         synthesize_audio, texts=texts, voice_id=voice_id, candidate_nfe=candidate_nfe,

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import re
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -477,27 +476,22 @@ class SampleWriter:
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("event") != "pair":
             return
+        import io
+
+        import soundfile  # only quality-samples decodes audio
+
+        from ishowttsd.listening_page import write_pair_files
+
         index = len(self.pairs) + 1
         stem = f"{index:02d}-{_slug(str(event.get('category', 'text')))}"
         pair = {k: v for k, v in event.items() if k not in ("event", "candidate_wav_b64", "reference_wav_b64")}
         pair["index"] = index
+        audio = {}
         for side in ("candidate", "reference"):
-            # A random name: the file name must not tell the rater which clip is which.
-            wav = self.out / f"{stem}-{secrets.token_hex(3)}.wav"
-            wav.write_bytes(base64.b64decode(event[f"{side}_wav_b64"]))
-            png = wav.with_suffix(".png")
-            _spectrogram(wav, png)
-            pair[f"{side}_wav"], pair[f"{side}_spectrogram"] = wav.name, png.name
+            audio[side], sr = soundfile.read(io.BytesIO(base64.b64decode(event[f"{side}_wav_b64"])),
+                                             dtype="float32", always_2d=False)
+        pair.update(write_pair_files(self.out, stem, audio["candidate"], audio["reference"], sr))
         self.pairs.append(pair)
-
-
-def _spectrogram(wav: Path, png: Path) -> None:
-    import soundfile  # only quality-samples decodes audio
-
-    from ishowttsd.plots import spectrogram_png
-
-    audio, sr = soundfile.read(str(wav), dtype="float32", always_2d=False)
-    spectrogram_png(audio, sr, png)
 
 
 def cmd_quality_samples(client: AdminClient, args: argparse.Namespace) -> int:
