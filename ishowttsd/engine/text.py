@@ -107,13 +107,15 @@ def _join(left: str, right: str) -> str:
     return left + _joiner(left) + right if left else right
 
 
-def _pack(units: list[str], budget: int) -> list[str]:
-    """Greedily join consecutive units while the result fits the budget."""
+def _pack(units: list[str], budget: int, first_budget: int | None = None) -> list[str]:
+    """Greedily join consecutive units while the result fits the budget (``first_budget``
+    for the first packed piece, when given)."""
     packed: list[str] = []
     current = ""
     for unit in units:
+        limit = first_budget if first_budget is not None and not packed else budget
         candidate = _join(current, unit)
-        if current and nbytes(candidate) > budget:
+        if current and nbytes(candidate) > limit:
             packed.append(current)
             current = unit
         else:
@@ -147,23 +149,12 @@ def chunk_text(text: str, budget: int, *, first_budget: int | None = None) -> li
     if not text:
         return []
     small = min(first_budget, budget) if first_budget else budget
-    chunks: list[str] = []
-    current = ""
-    for sentence in _split_keep(_SENTENCE_END, text):
+    units: list[str] = []
+    for i, sentence in enumerate(_split_keep(_SENTENCE_END, text)):
         # Only the very first sentence is cut to the small first budget.
-        limit = small if not chunks and not current else budget
-        units = [sentence] if nbytes(sentence) <= limit else _split_sentence(sentence, limit)
-        for unit in units:
-            limit = small if not chunks else budget
-            candidate = _join(current, unit)
-            if current and nbytes(candidate) > limit:
-                chunks.append(current)
-                current = unit
-            else:
-                current = candidate
-    if current:
-        chunks.append(current)
-    return chunks
+        limit = small if i == 0 else budget
+        units.extend([sentence] if nbytes(sentence) <= limit else _split_sentence(sentence, limit))
+    return _pack(units, budget, small)
 
 
 def estimate_frames(ref_frames: int, ref_text: str, gen_text: str, speed: float) -> int:
