@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -43,16 +43,6 @@ class JobCancelled(Exception):
 
 class UnknownVoice(Exception):
     pass
-
-
-class EngineLike(Protocol):
-    """What the worker needs of the engine (ishowttsd.engine.f5.Engine)."""
-
-    sample_rate: int
-
-    def synthesize(self, voice: Any, req: SynthesisRequest, *,
-                   on_chunk: Callable[[np.ndarray], None] | None = ...,
-                   should_stop: Callable[[], bool] = ...) -> Any: ...
 
 
 @dataclass
