@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -113,8 +114,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
     try:
-        import json
-
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
@@ -317,7 +316,7 @@ async def request_context_middleware(request: web.Request,
         response = await handler(request)
         response.headers["X-Request-Id"] = request_id
         if request.path in SPEECH_PATHS:
-            _count(request.app["service"], SPEECH_PATHS[request.path], response.status, started)
+            _count(request.app["service"], request.path, response.status, started)
             if response.status >= 400:
                 log.info("request refused", path=request.path, status=response.status)
         return response
@@ -437,7 +436,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=service.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
-SPEECH_PATHS = {"/v1/audio/speech": "/v1/audio/speech", "/api/tts": "/api/tts"}
+SPEECH_PATHS = ("/v1/audio/speech", "/api/tts")
 
 
 def create_app(service: Service) -> web.Application:
