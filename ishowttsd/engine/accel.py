@@ -35,14 +35,13 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import sampler
-from .upstream import apply_rotary_pos_emb
+from . import kernels, sampler
 
 log = logging.getLogger("ishowttsd.engine")
 
@@ -84,31 +83,178 @@ def configure_caches(cache_dir: str | os.PathLike[str] | None) -> dict[str, str]
     return dirs
 
 
-def _block(block: Any, x: Tensor, t: Tensor, rope: tuple[Tensor, Any], attn_mask: Tensor | None) -> Tensor:
-    """``DiTBlock.forward`` with a key-padding mask in attention (dropout is off in eval)."""
+class Keys(NamedTuple):
+    """Which keys each row of the CFG batch may attend to: its first ``used[g]`` positions."""
+
+    used: Tensor  # (G,) int32
+    mask: Tensor  # (G, 1, 1, N) bool, the same as a key-padding mask
+    starts: Tensor  # (G + 1,) int32: g * N, the row offsets flash's variable-length kernel takes
+
+
+def _keys(mask: Tensor, groups: int) -> Keys:
+    n = mask.shape[1]
+    return Keys(
+        used=mask.sum(dim=1, dtype=torch.int32).expand(groups).contiguous(),
+        mask=mask[:, None, None, :].expand(groups, -1, -1, -1),
+        starts=torch.arange(groups + 1, device=mask.device, dtype=torch.int32) * n,
+    )
+
+
+@torch.library.custom_op("ishowttsd::flash_prefix_attention", mutates_args=())
+def flash_prefix_attention(q: Tensor, k: Tensor, v: Tensor, starts: Tensor, count: Tensor) -> Tensor:
+    """Flash attention over (G, N, H, d) where row g sees its first ``count[g]`` keys only.
+
+    The variable-length flash kernel with ``seqused_k``: every row keeps all N queries, and the
+    number of keys it reads comes from device memory, so one captured graph serves every length
+    in its bucket.  A custom op so that ``torch.compile`` keeps it as one opaque kernel.
+    """
+    g, n, h, d = q.shape
+    out = torch.ops.aten._flash_attention_forward(
+        q.reshape(g * n, h, d),
+        k.reshape(g * n, h, d),
+        v.reshape(g * n, h, d),
+        starts,
+        starts,
+        n,
+        n,
+        0.0,
+        False,
+        False,
+        seqused_k=count,
+    )[0]
+    return out.view(g, n, h, d)
+
+
+@flash_prefix_attention.register_fake
+def _flash_prefix_attention_fake(q: Tensor, k: Tensor, v: Tensor, starts: Tensor, count: Tensor) -> Tensor:
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, keys: Keys) -> Tensor:
+    """Attention over (G, N, H, d) that ignores the padded keys.
+
+    On CUDA in half precision: :func:`flash_prefix_attention`.  An explicit mask would rule out
+    the flash kernel and run the memory-efficient one, 30% slower here (bench/NOTES.md item 12).
+    Elsewhere: SDPA with the key-padding mask.
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return flash_prefix_attention(q, k, v, keys.starts, keys.used)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=keys.mask)
+    return o.transpose(1, 2)
+
+
+Rope = tuple[Tensor, Tensor]
+
+
+def rope_tables(dit: DiTModule, frames: int, half_split: bool) -> Rope:
+    """cos and sin of the rotary angles, (1, N, 1, rot) fp32, once per bucket.
+
+    Upstream recomputes ``freqs.cos()``/``.sin()`` in every layer, from angles kept in the
+    model dtype (fp16 rounds positions past 1024 to even numbers); these come from fp32
+    positions and fp32 inverse frequencies.  F5's rotary embedding has no xpos scale.
+    ``half_split``: the tables for q/k whose rotated pairs were moved apart (:func:`fused_qkv`).
+    """
+    rotary = dit.rotary_embed
+    if getattr(rotary, "use_xpos", False):
+        raise ValueError("the fast path does not support xpos rotary scaling")
+    inv = rotary.inv_freq.float()
+    pos = torch.arange(frames, device=inv.device, dtype=torch.float32)
+    angles = torch.outer(pos, inv) / rotary.interpolation_factor
+    both = (angles, angles)
+    angles = torch.cat(both, dim=-1) if half_split else torch.stack(both, dim=-1).flatten(-2)
+    angles = angles[None, :, None, :]
+    return angles.cos(), angles.sin()
+
+
+def _rotate(t: Tensor, rope: Rope, half_split: bool) -> Tensor:
+    """x-transformers' ``apply_rotary_pos_emb`` on (G, N, H, d), with precomputed tables."""
+    cos, sin = rope
+    rot = cos.shape[-1]
+    head, rest = t[..., :rot].float(), t[..., rot:]
+    if half_split:
+        half = torch.cat((-head[..., rot // 2 :], head[..., : rot // 2]), dim=-1)
+    else:  # upstream's layout: the pairs (2i, 2i + 1) rotate together
+        pairs = head.unflatten(-1, (-1, 2))
+        half = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return torch.cat(((head * cos + half * sin).to(t.dtype), rest), dim=-1)
+
+
+QKV = tuple[tuple[Tensor, Tensor | None], ...]
+
+
+def _half_split_order(heads: int, head_dim: int, rot: int, device: torch.device) -> Tensor:
+    """Row order that moves each head's rotary pairs (2i, 2i + 1) to (i, rot/2 + i)."""
+    within = torch.cat((torch.arange(0, rot, 2), torch.arange(1, rot, 2), torch.arange(rot, head_dim)))
+    return (torch.arange(heads)[:, None] * head_dim + within[None, :]).flatten().to(device)
+
+
+def fused_qkv(dit: DiTModule, half_split: bool) -> QKV:
+    """Each block's q, k and v projections as one weight: one matmul instead of three.
+
+    With ``half_split`` the q and k rows of each head are reordered so that the rotary pairs
+    sit half a rotation apart (i and rot/2 + i) instead of side by side.  Attention scores are
+    dot products over the head dimension, which the same reordering of q and k leaves unchanged,
+    and rotating contiguous halves is a plain strided kernel instead of an interleaved gather
+    (bench/NOTES.md item 13).
+    """
+    rot = dit.rotary_embed.inv_freq.shape[0] * 2
+    fused = []
+    for block in dit.transformer_blocks:
+        attn = block.attn
+        wq, wk, wv = attn.to_q.weight, attn.to_k.weight, attn.to_v.weight
+        bq, bk, bv = attn.to_q.bias, attn.to_k.bias, attn.to_v.bias
+        if half_split:
+            order = _half_split_order(attn.heads, wq.shape[0] // attn.heads, rot, wq.device)
+            wq, wk = wq[order], wk[order]
+            bq = bq[order] if bq is not None else None
+            bk = bk[order] if bk is not None else None
+        weight = torch.cat((wq, wk, wv))
+        biases = (bq, bk, bv)
+        bias = torch.cat([b for b in biases if b is not None]) if all(b is not None for b in biases) else None
+        if bias is None and any(b is not None for b in biases):
+            raise ValueError("q/k/v projections with mixed bias")
+        fused.append((weight, bias))
+    return tuple(fused)
+
+
+class FastWeights(NamedTuple):
+    """Weights rearranged once per solver for the fast step (the model's own stay as they are)."""
+
+    qkv: QKV  # per block: q, k, v projections as one matmul
+    conv: tuple[tuple[Tensor, Tensor], ...]  # the position embedding's two grouped convs
+    half_split: bool  # q/k rows reordered for rotation by halves (see fused_qkv)
+
+
+def fast_weights(dit: DiTModule) -> FastWeights:
+    # A per-dimension q/k norm would need its weights reordered too; keep upstream's order then.
+    half_split = all(b.attn.q_norm is None and b.attn.k_norm is None for b in dit.transformer_blocks)
+    convs = [m for m in dit.input_embed.conv_pos_embed.conv1d if isinstance(m, torch.nn.Conv1d)]
+    return FastWeights(
+        qkv=fused_qkv(dit, half_split),
+        conv=tuple(kernels.conv_weight(m) for m in convs),
+        half_split=half_split,
+    )
+
+
+def _block(
+    block: Any, qkv: tuple[Tensor, Tensor | None], half_split: bool, x: Tensor, t: Tensor, rope: Rope, keys: Keys
+) -> Tensor:
+    """``DiTBlock.forward`` attending to the real keys only (dropout is off in eval)."""
     norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.attn_norm(x, emb=t)
     attn = block.attn
-    b = norm.shape[0]
-    q, k, v = attn.to_q(norm), attn.to_k(norm), attn.to_v(norm)
-    head_dim = k.shape[-1] // attn.heads
-    q = q.view(b, -1, attn.heads, head_dim).transpose(1, 2)
-    k = k.view(b, -1, attn.heads, head_dim).transpose(1, 2)
-    v = v.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+    g, n = norm.shape[0], norm.shape[1]
+    q, k, v = F.linear(norm, *qkv).view(g, n, 3, attn.heads, -1).unbind(2)
     if attn.q_norm is not None:
         q = attn.q_norm(q)
     if attn.k_norm is not None:
         k = attn.k_norm(k)
-    freqs, xpos = rope
-    q_scale, k_scale = (xpos, xpos**-1.0) if xpos is not None else (1.0, 1.0)
     pn = attn.processor.pe_attn_head
     if pn is None:
-        q = apply_rotary_pos_emb(q, freqs, q_scale)
-        k = apply_rotary_pos_emb(k, freqs, k_scale)
+        q, k = _rotate(q, rope, half_split), _rotate(k, rope, half_split)
     else:  # F5TTS_Base: RoPE on the first pn heads only
-        q = torch.cat((apply_rotary_pos_emb(q[:, :pn], freqs, q_scale), q[:, pn:]), dim=1)
-        k = torch.cat((apply_rotary_pos_emb(k[:, :pn], freqs, k_scale), k[:, pn:]), dim=1)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    o = o.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(q.dtype)
+        q = torch.cat((_rotate(q[:, :, :pn], rope, half_split), q[:, :, pn:]), dim=2)
+        k = torch.cat((_rotate(k[:, :, :pn], rope, half_split), k[:, :, pn:]), dim=2)
+    o = masked_attention(q, k, v, keys).reshape(g, n, -1)
     x = x + gate_msa.unsqueeze(1) * attn.to_out[0](o)
     norm = block.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
     return x + gate_mlp.unsqueeze(1) * block.ff(norm)
@@ -116,29 +262,30 @@ def _block(block: Any, x: Tensor, t: Tensor, rope: tuple[Tensor, Any], attn_mask
 
 def masked_velocity(
     dit: DiTModule,
+    weights: FastWeights,
     x: Tensor,
     cond: Tensor,
     text: Tensor,
     mask: Tensor,
-    rope: tuple[Tensor, Any],
+    rope: Rope,
     t_emb: Tensor,
     cfg: Tensor,
 ) -> Tensor:
     """The guided flow for a padded batch: ``x`` (1, N, mel) fp32, ``cond``/``text`` (G, N, ·)
     in the model dtype, ``mask`` (1, N) bool (True = real frame), ``cfg`` a 0-d tensor."""
-    guided = text.shape[0] == 2
-    h_in = x.to(text.dtype).expand(text.shape[0], -1, -1)
+    groups = text.shape[0]
+    h_in = x.to(text.dtype).expand(groups, -1, -1)
     embed = dit.input_embed
     h = embed.proj(torch.cat((h_in, cond, text), dim=-1))
-    h = embed.conv_pos_embed(h, mask=mask) + h
-    attn_mask = mask[:, None, None, :]
+    h = kernels.conv_position_embedding(weights.conv, h, mask) + h
+    keys = _keys(mask, groups)
     residual = h
-    for block in dit.transformer_blocks:
-        h = _block(block, h, t_emb, rope, attn_mask)
+    for block, qkv in zip(dit.transformer_blocks, weights.qkv, strict=True):
+        h = _block(block, qkv, weights.half_split, h, t_emb, rope, keys)
     if dit.long_skip_connection is not None:
         h = dit.long_skip_connection(torch.cat((h, residual), dim=-1))
     out = dit.proj_out(dit.norm_out(h, t_emb))
-    if not guided:
+    if groups == 1:
         return out
     pred, null = torch.chunk(out, 2, dim=0)
     return pred + (pred - null) * cfg
@@ -146,17 +293,18 @@ def masked_velocity(
 
 def masked_step(
     dit: DiTModule,
+    weights: FastWeights,
     x: Tensor,
     cond: Tensor,
     text: Tensor,
     mask: Tensor,
-    rope: tuple[Tensor, Any],
+    rope: Rope,
     t_emb: Tensor,
     dt: Tensor,
     cfg: Tensor,
 ) -> Tensor:
     """One Euler step on the padded batch; a pure function of tensors (compile/graph friendly)."""
-    return x + dt * masked_velocity(dit, x, cond, text, mask, rope, t_emb, cfg).float()
+    return x + dt * masked_velocity(dit, weights, x, cond, text, mask, rope, t_emb, cfg).float()
 
 
 def _compile_step(dynamic: bool) -> StepFn:
@@ -180,60 +328,136 @@ def _compile_step(dynamic: bool) -> StepFn:
     return torch.compile(masked_step, dynamic=dynamic)
 
 
-class _Padded:
-    """A solve's inputs padded to a bucket."""
+def _convnext(block: Any, x: Tensor, real: Tensor) -> Tensor:
+    """Upstream's ``ConvNeXtV2Block`` on a padded batch whose padding is already zero; its GRN
+    takes the sequence norm over the ``real`` (1, N, 1) positions only, as the unpadded block
+    would (upstream's own GRN would count the padding)."""
+    h = block.dwconv(x.transpose(1, 2)).transpose(1, 2)
+    h = block.act(block.pwconv1(block.norm(h)))
+    grn = block.grn
+    gx = torch.norm(h * real, p=2, dim=1, keepdim=True)
+    h = grn.gamma * (h * (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6))) + grn.beta + h
+    return x + block.pwconv2(h)
 
-    def __init__(self, c: sampler.Conditioning, x0: Tensor, frames: int) -> None:
-        n = c.frames
-        extra = frames - n
-        self.x = F.pad(x0, (0, 0, 0, extra))
-        self.cond = F.pad(c.cond, (0, 0, 0, extra))
-        self.text = F.pad(c.text, (0, 0, 0, extra))
-        self.mask = torch.arange(frames, device=x0.device).lt(n).unsqueeze(0)
+
+def masked_text_embedding(text_embed: Any, tokens: Tensor, real: Tensor, groups: int) -> Tensor:
+    """Upstream's ``TextEmbedding`` for a request of n frames, computed at bucket length N.
+
+    ``tokens`` (1, N) are the token ids + 1 with 0 as filler (upstream's own shift), ``real``
+    (1, N) bool marks the n real positions.  With ``groups`` 2 the second row is the
+    dropped-text embedding for CFG.  The padding is zeroed before every ConvNeXt block (the
+    zero padding the unpadded depthwise conv sees) and left out of each GRN's norm, so the real
+    positions get exactly the unpadded embedding (tests/unit/test_engine_accel.py).
+    """
+    filler = tokens == 0
+    ids = torch.cat((tokens, torch.zeros_like(tokens))) if groups == 2 else tokens
+    x = text_embed.text_embed(ids)
+    if not text_embed.extra_modeling:
+        return x * real[..., None]
+    x = x + text_embed.freqs_cis[: tokens.shape[1]]
+    keep = (real & ~filler if text_embed.mask_padding else real)[..., None]
+    real_f = real[..., None].to(x.dtype)
+    x = x * keep
+    for block in text_embed.text_blocks:
+        x = _convnext(block, x, real_f) * keep
+    return x
 
 
-class _StepGraph:
-    """One captured Euler step for a (bucket, CFG) shape, with static inputs."""
+class _Bucket:
+    """Static inputs of one (bucket, CFG) shape, and optionally its captured graphs.
 
-    def __init__(self, dit: DiTModule, step: StepFn, frames: int, groups: int, pool: Any, device: torch.device) -> None:
+    A request is loaded into these buffers (a few device copies), then the text-embedding graph
+    and one step graph per Euler step replay.  A step graph is independent of the NFE and of
+    the time grid: each step's time embedding and step size are copied into ``t_emb``/``dt``.
+    """
+
+    def __init__(self, dit: DiTModule, weights: FastWeights, frames: int, groups: int, device: torch.device) -> None:
         dtype = next(dit.parameters()).dtype
         text_dim = dit.text_embed.text_embed.embedding_dim
         mel = dit.proj_out.out_features
         dim = dit.time_embed.time_mlp[-1].out_features
+        self.dit = dit
+        self.weights = weights
         self.frames = frames
-        self.x = torch.randn(1, frames, mel, device=device)
-        self.cond = torch.randn(groups, frames, mel, device=device, dtype=dtype)
-        self.text = torch.randn(groups, frames, text_dim, device=device, dtype=dtype)
-        self.mask = torch.ones(1, frames, dtype=torch.bool, device=device)
-        self.rope = dit.rotary_embed.forward_from_seq_len(frames)
-        self.t_emb = torch.randn(1, dim, device=device, dtype=dtype)
+        self.groups = groups
+        self.positions = torch.arange(frames, device=device)
+        self.tokens = torch.zeros(1, frames, dtype=torch.long, device=device)
+        self.real = torch.ones(1, frames, dtype=torch.bool, device=device)
+        self.x = torch.zeros(1, frames, mel, device=device)
+        self.cond = torch.zeros(groups, frames, mel, device=device, dtype=dtype)
+        self.text = torch.zeros(groups, frames, text_dim, device=device, dtype=dtype)
+        self.rope = rope_tables(dit, frames, weights.half_split)
+        self.t_emb = torch.zeros(1, dim, device=device, dtype=dtype)
         self.dt = torch.full((), 0.1, device=device)
         self.cfg = torch.full((), 2.0, device=device, dtype=dtype)
-        args = (dit, self.x, self.cond, self.text, self.mask, self.rope, self.t_emb, self.dt, self.cfg)
+        self.embed_graph: torch.cuda.CUDAGraph | None = None
+        self.step_graph: torch.cuda.CUDAGraph | None = None
+
+    def load(self, ref_mel: Tensor, text_ids: Tensor, n: int, noise: Tensor, cfg_strength: float) -> None:
+        """Copy one request into the static inputs: zero padding everywhere past its n frames."""
+        r, nt = ref_mel.shape[1], text_ids.shape[1]
+        self.tokens.zero_()
+        self.tokens[:, :nt].copy_(text_ids + 1)
+        torch.lt(self.positions, n, out=self.real[0])
+        self.cond[:1, r:].zero_()  # the CFG row stays all zero
+        self.cond[:1, :r].copy_(ref_mel)
+        self.x[:, n:].zero_()
+        self.x[:, :n].copy_(noise)
+        self.cfg.fill_(cfg_strength)
+
+    def embed(self) -> None:
+        self.text.copy_(masked_text_embedding(self.dit.text_embed, self.tokens, self.real, self.groups))
+
+    def step(self, step: StepFn) -> None:
+        args = (
+            self.dit,
+            self.weights,
+            self.x,
+            self.cond,
+            self.text,
+            self.real,
+            self.rope,
+            self.t_emb,
+            self.dt,
+            self.cfg,
+        )
+        self.x.copy_(step(*args))
+
+    def capture(self, step: StepFn, pool: Any, device: torch.device, dynamic: bool) -> None:
+        if dynamic:
+            # Compile the first bucket with the length already symbolic: without this, dynamo
+            # specialises on the first length and compiles a second time at the next bucket.
+            for t in (self.x, self.cond, self.text, self.real, *self.rope):
+                torch._dynamo.maybe_mark_dynamic(t, 1)
         # Warm up on a side stream (compiles this shape, loads kernels, creates cuBLAS handles)
         # before capture, as torch.cuda.graphs' docs require.
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                step(*args)
+                self.embed()
+                self.step(step)
         torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            out = step(*args)
-            self.x.copy_(out)
+        self.embed_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.embed_graph, pool=pool):
+            self.embed()
+        self.step_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.step_graph, pool=pool):
+            self.step(step)
 
-    def solve(self, p: _Padded, c: sampler.Conditioning) -> Tensor:
-        self.x.copy_(p.x)
-        self.cond.copy_(p.cond)
-        self.text.copy_(p.text)
-        self.mask.copy_(p.mask)
-        self.cfg.fill_(c.cfg_strength)
-        for i in range(c.nfe):
-            self.t_emb.copy_(c.time_emb[i])
-            self.dt.copy_(c.dt[i])
-            self.graph.replay()
-        return self.x.clone()
+    def run(self, step: StepFn, time_emb: Tensor, dt: Tensor) -> None:
+        """Text embedding then the Euler steps, replayed where captured."""
+        if self.embed_graph is None:
+            self.embed()
+        else:
+            self.embed_graph.replay()
+        for i in range(dt.shape[0]):
+            self.t_emb.copy_(time_emb[i])
+            self.dt.copy_(dt[i])
+            if self.step_graph is None:
+                self.step(step)
+            else:
+                self.step_graph.replay()
 
 
 class FastSolver:
@@ -263,24 +487,38 @@ class FastSolver:
         if compile:
             step = _compile_step(dynamic)
         self.step = step
-        self._graphs: dict[tuple[int, int], _StepGraph] = {}
+        self.dynamic = dynamic
+        self.weights = fast_weights(dit)
+        if getattr(dit.text_embed, "average_upsampling", False):
+            raise ValueError("the fast path does not support text_embedding_average_upsampling")
+        self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_enabled else None
         self.capture_s = 0.0
 
     @property
     def graph_count(self) -> int:
-        return len(self._graphs)
+        """Captured (bucket, CFG) shapes: each is a text-embedding graph and a step graph."""
+        return sum(b.step_graph is not None for b in self._buckets.values())
 
-    def _graph(self, frames: int, groups: int) -> _StepGraph:
+    def _bucket(self, frames: int, groups: int) -> _Bucket:
         key = (frames, groups)
-        graph = self._graphs.get(key)
-        if graph is None:
+        found = self._buckets.get(key)
+        if found is None:
             t0 = time.perf_counter()
-            graph = _StepGraph(self.dit, self.step, frames, groups, self._pool, self.device)
-            self._graphs[key] = graph
-            self.capture_s += time.perf_counter() - t0
-            log.debug("captured step graph", extra={"frames": frames, "groups": groups})
-        return graph
+            found = _Bucket(self.dit, self.weights, frames, groups, self.device)
+            if self.graphs_enabled:
+                found.capture(self.step, self._pool, self.device, self.compiled and self.dynamic)
+                self.capture_s += time.perf_counter() - t0
+                log.debug("captured bucket graphs", extra={"frames": frames, "groups": groups})
+            self._buckets[key] = found
+        return found
+
+    def _time_embeddings(self, nfe: int, sway: float | None) -> tuple[Tensor, Tensor]:
+        key = (nfe, sway)
+        if key not in self._times:
+            self._times[key] = sampler.time_embeddings(self.dit, nfe, sway, self.device)
+        return self._times[key]
 
     @torch.inference_mode()
     def precapture(self, frames: Iterable[int], guided: bool = True) -> int:
@@ -291,8 +529,8 @@ class FastSolver:
         groups = 2 if guided else 1
         done = 0
         for n in sorted({bucket(f, self.granularity) for f in frames}):
-            if (n, groups) not in self._graphs:
-                self._graph(n, groups)
+            if (n, groups) not in self._buckets:
+                self._bucket(n, groups)
                 done += 1
         return done
 
@@ -300,22 +538,6 @@ class FastSolver:
         """Total frame counts a default-speed request on this reference can need."""
         top = max(int(_WARM_SECONDS * _FRAMES_PER_SECOND), ref_frames + self.granularity)
         return range(ref_frames + 1, top + 1, self.granularity)
-
-    @torch.no_grad()
-    def solve(self, c: sampler.Conditioning, x0: Tensor) -> Tensor:
-        """Same contract as :func:`sampler.solve`: noise (1, n, mel) fp32 in, state at t=1 out."""
-        n = c.frames
-        frames = bucket(n, self.granularity)
-        p = _Padded(c, x0, frames)
-        if self.graphs_enabled:
-            x = self._graph(frames, p.text.shape[0]).solve(p, c)
-        else:
-            cfg = torch.full((), c.cfg_strength, device=x0.device, dtype=p.text.dtype)
-            rope = self.dit.rotary_embed.forward_from_seq_len(frames)
-            x = p.x
-            for i in range(c.nfe):
-                x = self.step(self.dit, x, p.cond, p.text, p.mask, rope, c.time_emb[i], c.dt[i], cfg)
-        return x[:, :n]
 
     @torch.no_grad()
     def sample(
@@ -329,8 +551,11 @@ class FastSolver:
         sway: float | None,
         noise: Tensor,
     ) -> Tensor:
-        """Drop-in for :func:`sampler.sample` on the bucketed path."""
-        c = sampler.prepare(self.dit, ref_mel, text_ids, frames, nfe=nfe, cfg_strength=cfg_strength, sway=sway)
-        x = self.solve(c, noise)
+        """Drop-in for :func:`sampler.sample` on the bucketed path: no host sync anywhere, so
+        the caller can queue the vocoder while the GPU still runs the steps."""
+        groups = 2 if sampler.is_guided(cfg_strength) else 1
+        b = self._bucket(bucket(frames, self.granularity), groups)
+        b.load(ref_mel, text_ids, frames, noise, cfg_strength)
+        b.run(self.step, *self._time_embeddings(nfe, sway))
         ref = ref_mel.shape[1]
-        return torch.cat((ref_mel.to(x.dtype), x[:, ref:]), dim=1)
+        return torch.cat((ref_mel.to(b.x.dtype), b.x[:, ref:frames]), dim=1)

@@ -37,7 +37,6 @@ DiTModule = Any
 _NO_CFG = 1e-5
 
 
-
 def exact_length_convs(device: torch.device) -> contextlib.AbstractContextManager[object]:
     """Run convolutions at a request's exact length without cuDNN.
 
@@ -50,6 +49,7 @@ def exact_length_convs(device: torch.device) -> contextlib.AbstractContextManage
     if device.type != "cuda":
         return contextlib.nullcontext()
     return torch.backends.cudnn.flags(enabled=False)
+
 
 def timesteps(nfe: int, sway: float | None, device: torch.device | str = "cpu") -> Tensor:
     """The fp32 time grid (nfe + 1 points from 0 to 1): EPSS where upstream has a table, else
@@ -81,12 +81,28 @@ class Conditioning:
 
     @property
     def guided(self) -> bool:
-        return self.cfg_strength >= _NO_CFG
+        return is_guided(self.cfg_strength)
+
+
+def is_guided(cfg_strength: float) -> bool:
+    """Whether a guidance weight asks for the unconditional pass at all."""
+    return cfg_strength >= _NO_CFG
 
 
 def total_frames(frames: int, ref_frames: int, text_tokens: int, max_frames: int = 65536) -> int:
     """CFM.sample's rule: at least one frame past the reference and past the text."""
     return min(max(frames, max(text_tokens, ref_frames) + 1), max_frames)
+
+
+@torch.no_grad()
+def time_embeddings(dit: DiTModule, nfe: int, sway: float | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every step's DiT time embedding (nfe, 1, dim) in the model dtype and step size (nfe,)
+    fp32.  They depend only on the NFE and sway, not on the request."""
+    t = timesteps(nfe, sway, device)
+    # The time embedding's sinusoid is taken from the fp32 grid; only its MLP runs in the model
+    # dtype (upstream feeds it a grid already rounded to fp16/bf16).
+    hidden = dit.time_embed.time_embed(t[:-1]).to(next(dit.parameters()).dtype)
+    return dit.time_embed.time_mlp(hidden).unsqueeze(1), t[1:] - t[:-1]
 
 
 @torch.no_grad()
@@ -108,21 +124,17 @@ def prepare(
     cond = F.pad(ref_mel.to(dtype), (0, 0, 0, frames - ref_mel.shape[1]), value=0.0)
     with exact_length_convs(device):
         text = dit.text_embed(text_ids, seq_len=frames, drop_text=False)
-        text_null = dit.text_embed(text_ids, seq_len=frames, drop_text=True) if cfg_strength >= _NO_CFG else None
+        text_null = dit.text_embed(text_ids, seq_len=frames, drop_text=True) if is_guided(cfg_strength) else None
     if text_null is not None:
         cond = torch.cat((cond, torch.zeros_like(cond)), dim=0)
         text = torch.cat((text, text_null), dim=0)
-    t = timesteps(nfe, sway, device)
-    # The time embedding's sinusoid is taken from the fp32 grid; only its MLP runs in the model
-    # dtype (upstream feeds it a grid already rounded to fp16/bf16).
-    hidden = dit.time_embed.time_embed(t[:-1]).to(dtype)
-    time_emb = dit.time_embed.time_mlp(hidden).unsqueeze(1)
+    time_emb, dt = time_embeddings(dit, nfe, sway, device)
     return Conditioning(
         cond=cond,
         text=text,
         rope=dit.rotary_embed.forward_from_seq_len(frames),
         time_emb=time_emb,
-        dt=t[1:] - t[:-1],
+        dt=dt,
         cfg_strength=float(cfg_strength),
         frames=frames,
     )

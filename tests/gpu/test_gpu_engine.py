@@ -105,3 +105,42 @@ def test_cuda_graphs_match_eager(torch_cuda: Any) -> None:
     _report("graphs_nfe7", {k: v for k, v in got.items() if k != "audio"} | {"distance_db_vs_eager_fp16": dist,
                                                                              "graphs": graphs.fast.graph_count})
     assert dist < 0.5, dist  # fp16 rounding only (bucketed + masked attention, same math)
+
+
+def test_grouped_conv_kernel_matches_cudnn(torch_cuda: Any) -> None:
+    """The Triton position-embedding conv (engine/kernels.py) against cuDNN in fp32."""
+    from ishowttsd.engine import kernels
+
+    torch = torch_cuda
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(1024, 1024, 31, groups=16, padding=15).cuda()
+    for n in (1, 97, 1472):
+        x = torch.randn(2, n, 1024, device="cuda")
+        want = conv(x.transpose(1, 2)).transpose(1, 2)
+        w, b = kernels.conv_weight(conv.half())
+        got = kernels.grouped_conv1d(x.half(), w, b).float()
+        conv.float()
+        err = float((got - want).abs().max() / want.abs().max())
+        assert err < 2e-3, (n, err)
+
+
+def test_flash_prefix_attention_ignores_padded_keys(torch_cuda: Any) -> None:
+    """Flash with seqused_k (engine/accel.py) equals SDPA with a key-padding mask."""
+    from ishowttsd.engine import accel
+
+    torch = torch_cuda
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 1472, 16, 64, device="cuda", dtype=torch.float16) for _ in range(3))
+    for real in (1472, 1457, 1409):
+        keys = accel._keys(torch.arange(1472, device="cuda")[None, :] < real, 2)
+        got = accel.masked_attention(q, k, v, keys).float()
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(), attn_mask=keys.mask
+        ).transpose(1, 2)
+        err = float((got - want).abs().max())
+        assert err < 2e-3, (real, err)
+        # and the padded keys really are ignored: changing them changes nothing
+        k2, v2 = k.clone(), v.clone()
+        k2[:, real:] = 7.0
+        v2[:, real:] = -7.0
+        assert torch.equal(accel.masked_attention(q, k2, v2, keys), accel.masked_attention(q, k, v, keys))

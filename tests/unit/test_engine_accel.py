@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ishowttsd.engine import accel, sampler
+from ishowttsd.engine.f5 import _randomise_zero_init
 from ishowttsd.engine.presets import get_preset
 
 
@@ -30,8 +31,9 @@ def _solve_both(dit: Any, engine: Any, voice: Any, extra_frames: int, nfe: int, 
 
 
 @pytest.mark.parametrize(("extra", "nfe", "cfg"), [(101, 7, 2.0), (37, 6, 0.0), (200, 16, 1.5)])
-def test_padded_masked_solve_matches_eager(tiny_engine: Any, default_voice: Any, extra: int, nfe: int,
-                                           cfg: float) -> None:
+def test_padded_masked_solve_matches_eager(
+    tiny_engine: Any, default_voice: Any, extra: int, nfe: int, cfg: float
+) -> None:
     want, got, frames = _solve_both(tiny_engine.dit, tiny_engine, default_voice, extra, nfe, cfg)
     assert accel.bucket(frames) > frames, "the case must actually pad"
     assert got.shape == want.shape
@@ -43,13 +45,17 @@ def test_rope_on_some_heads_and_unmasked_text(tiny_engine: Any, default_voice: A
     """F5TTS_Base's variant: RoPE on the first head only, text embedding without padding masks."""
     from ishowttsd.engine.upstream import DiT
 
-    kwargs = {**get_preset("tiny").dit, "heads": 2, "pe_attn_head": 1, "text_mask_padding": False,
-              "text_num_embeds": len(tiny_engine.vocab), "mel_dim": 100}
+    kwargs = {
+        **get_preset("tiny").dit,
+        "heads": 2,
+        "pe_attn_head": 1,
+        "text_mask_padding": False,
+        "text_num_embeds": len(tiny_engine.vocab),
+        "mel_dim": 100,
+    }
     torch.manual_seed(3)
     dit = DiT(**kwargs).eval().requires_grad_(False)
-    for m in dit.modules():  # wake the zero-initialised layers, as untrained mode does
-        if isinstance(m, torch.nn.Linear) and not torch.any(m.weight):
-            torch.nn.init.normal_(m.weight, std=0.02)
+    _randomise_zero_init(dit)  # wake the zero-initialised layers, as untrained mode does
     want, got, _ = _solve_both(dit, tiny_engine, default_voice, 90, 7, 2.0)
     rel = float((got - want).norm() / want.norm())
     assert rel < 1e-5, rel
@@ -69,7 +75,36 @@ def test_compile_and_graphs_are_noops_on_cpu(caplog: pytest.LogCaptureFixture) -
     from ishowttsd.engine.spec import ModelSpec
 
     with caplog.at_level(logging.INFO, logger="ishowttsd.engine"):
-        eng = Engine.load(ModelSpec(architecture="tiny", weights="untrained", device="cpu", compile=True,
-                                    cuda_graphs=True), vocoder="untrained")
+        eng = Engine.load(
+            ModelSpec(architecture="tiny", weights="untrained", device="cpu", compile=True, cuda_graphs=True),
+            vocoder="untrained",
+        )
     assert eng.fast is None and not eng.info.compiled and not eng.info.cuda_graphs
     assert any("GPU-only" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+@pytest.mark.parametrize("guided", [True, False])
+def test_text_embedding_at_bucket_length_equals_exact_length(
+    tiny_engine: Any, mask_padding: bool, guided: bool
+) -> None:
+    """The text encoder's GRN takes a norm over the whole sequence, so padding must be left out."""
+    text_embed = tiny_engine.dit.text_embed
+    text_embed.mask_padding, saved = mask_padding, text_embed.mask_padding
+    try:
+        ids = tiny_engine._tokens("Some call me nature.", "Padding must not change the text embedding.")
+        n = ids.shape[1] + 40
+        padded = accel.bucket(n) + accel.BUCKET_FRAMES
+        tokens = torch.zeros(1, padded, dtype=torch.long)
+        tokens[:, : ids.shape[1]] = ids + 1
+        real = torch.arange(padded)[None, :] < n
+        with torch.inference_mode():
+            want = [text_embed(ids, seq_len=n, drop_text=False)]
+            if guided:
+                want.append(text_embed(ids, seq_len=n, drop_text=True))
+            got = accel.masked_text_embedding(text_embed, tokens, real, 2 if guided else 1)
+    finally:
+        text_embed.mask_padding = saved
+    want_t = torch.cat(want)
+    torch.testing.assert_close(got[:, :n], want_t, rtol=1e-6, atol=1e-6)
+    assert not got[:, n:].any(), "padding stays zero"

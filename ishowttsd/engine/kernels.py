@@ -1,0 +1,127 @@
+"""Hand-written GPU kernels for the parts of a DiT step that library kernels do badly (issue 8).
+
+Grouped conv1d of the convolutional position embedding (1024 channels, 16 groups, kernel 31).
+cuDNN runs it as one small kernel per group plus layout transposes: 0.6 ms per conv on an H100,
+about 20 TFLOP/s, which was 18% of a compiled step (bench/NOTES.md item 11).  Unfold + batched
+matmul was no better (0.51 ms), since the unfolded input is 31 times the size of the input.
+The Triton kernel below is an implicit GEMM: each program owns a tile of output positions of
+one group and accumulates the 31 taps as 31 small tensor-core products, reading the input tile
+from L2 instead of materialising it.
+
+Every kernel is a ``torch.library`` custom op with a fake implementation, so ``torch.compile``
+keeps it as one opaque call and CUDA graphs capture it; off CUDA (or without Triton) the op
+computes the same thing with PyTorch, which is what the CPU tests run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # Triton ships with CUDA builds of torch; the CPU build has none.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the torch build
+    triton = None
+    tl = None
+
+_BLOCK_N = 64
+
+
+def conv_weight(conv: torch.nn.Conv1d) -> tuple[Tensor, Tensor]:
+    """A grouped Conv1d's weight as (groups, kernel, in per group, out per group), and its bias.
+
+    The layout the kernel reads: one (in, out) matrix per tap and group, contiguous.
+    """
+    groups = conv.groups
+    out_c, per_in, k = conv.weight.shape
+    per_out = out_c // groups
+    if conv.bias is None:
+        raise ValueError("the position-embedding conv is expected to have a bias")
+    weight = conv.weight.detach().view(groups, per_out, per_in, k).permute(0, 3, 2, 1).contiguous()
+    return weight, conv.bias.detach()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _grouped_conv_kernel(  # type: ignore[no-untyped-def]
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        out_ptr,
+        n,
+        stride_xb,
+        stride_xn,
+        stride_ob,
+        stride_on,
+        PER: tl.constexpr,
+        TAPS: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        group = tl.program_id(1)
+        batch = tl.program_id(2)
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        chans = tl.arange(0, PER)
+        x_base = x_ptr + batch * stride_xb + group * PER
+        w_base = w_ptr + group * TAPS * PER * PER
+        acc = tl.zeros((BLOCK_N, PER), dtype=tl.float32)
+        for tap in range(TAPS):
+            src = rows + tap - TAPS // 2
+            inside = (src >= 0) & (src < n)  # outside is the conv's zero padding
+            xt = tl.load(x_base + src[:, None] * stride_xn + chans[None, :], mask=inside[:, None], other=0.0)
+            wt = tl.load(w_base + tap * PER * PER + chans[:, None] * PER + chans[None, :])
+            acc += tl.dot(xt, wt)
+        acc += tl.load(b_ptr + group * PER + chans).to(tl.float32)[None, :]
+        out = out_ptr + batch * stride_ob + rows[:, None] * stride_on + group * PER + chans[None, :]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rows < n)[:, None])
+
+
+@torch.library.custom_op("ishowttsd::grouped_conv1d", mutates_args=())
+def grouped_conv1d(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Same-padded grouped conv1d on (B, N, C) activations (channels last, as the DiT keeps
+    them), with ``weight``/``bias`` from :func:`conv_weight`.  Returns (B, N, C)."""
+    groups, taps, per_in, per_out = weight.shape
+    if x.is_cuda and triton is not None and x.dtype in (torch.float16, torch.bfloat16) and per_in == per_out:
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        b, n = x.shape[:2]
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        grid = (triton.cdiv(n, _BLOCK_N), groups, b)
+        _grouped_conv_kernel[grid](
+            x,
+            weight,
+            bias,
+            out,
+            n,
+            x.stride(0),
+            x.stride(1),
+            out.stride(0),
+            out.stride(1),
+            PER=per_in,
+            TAPS=taps,
+            BLOCK_N=_BLOCK_N,
+            num_warps=4,
+        )
+        return out
+    torch_weight = weight.permute(0, 3, 2, 1).reshape(groups * per_out, per_in, taps)
+    y = F.conv1d(x.transpose(1, 2), torch_weight, bias, padding=taps // 2, groups=groups)
+    return y.transpose(1, 2).contiguous()
+
+
+@grouped_conv1d.register_fake
+def _grouped_conv1d_fake(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def conv_position_embedding(conv_weights: Any, x: Tensor, mask: Tensor) -> Tensor:
+    """Upstream's ``ConvPositionEmbedding`` with a mask, on (B, N, C): zero the padding before
+    each conv and after it (Mish(0) = 0, so masking before or after the Mish is the same)."""
+    (w1, b1), (w2, b2) = conv_weights
+    keep = mask[..., None]
+    x = x.masked_fill(~keep, 0.0)
+    x = F.mish(grouped_conv1d(x, w1, b1)).masked_fill(~keep, 0.0)
+    return F.mish(grouped_conv1d(x, w2, b2)).masked_fill(~keep, 0.0)
