@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Diagnose compile cost per length bucket on the GPU: dynamic vs static compile, with and
 without inductor freezing.  Prints capture seconds per bucket and the 7-step solve time."""
+
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
-from ishowttsd.engine import accel, sampler
+from ishowttsd.engine import accel
 from ishowttsd.engine.f5 import Engine
 from ishowttsd.engine.spec import ModelSpec, VoiceSpec
 
@@ -18,6 +19,7 @@ mode = sys.argv[1]
 buckets = [int(x) for x in sys.argv[2].split(",")]
 if "freeze" in mode:
     import torch._inductor.config as ic
+
     ic.freezing = True
 eng = Engine.load(ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda"), vocoder="untrained")
 voice = eng.prepare_voice(VoiceSpec(id="default"))
@@ -34,19 +36,26 @@ with torch.inference_mode():
         cap = time.perf_counter() - t0
         ids = eng._tokens(ref.text, text)
         frames = n_b - 5
-        c = sampler.prepare(eng.dit, ref_mel, ids, frames, nfe=7, cfg_strength=2.0, sway=-1.0)
         noise = torch.randn(1, frames, 100, device="cuda")
         res = {}
         for name, fs in (("fast", fast), ("eager_graph", eager)):
             for _ in range(2):
-                x = fs.solve(c, noise)
+                x = fs.sample(ref_mel, ids, frames, nfe=7, cfg_strength=2.0, sway=-1.0, noise=noise)
             torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(5):
-                x = fs.solve(c, noise)
+                x = fs.sample(ref_mel, ids, frames, nfe=7, cfg_strength=2.0, sway=-1.0, noise=noise)
             torch.cuda.synchronize()
             res[name] = (time.perf_counter() - t) / 5 * 1e3
-        print(f"DIAG {mode} bucket {n_b}: capture {cap:.1f} s, solve7 {res['fast']:.1f} ms "
-              f"(eager graph {res['eager_graph']:.1f} ms)", flush=True)
-print("DIAG", mode, "counters", {k: dict(v) for k, v in torch._dynamo.utils.counters.items() if k in
-                                  ("stats", "recompiles", "graph_break")}, flush=True)
+        print(
+            f"DIAG {mode} bucket {n_b}: capture {cap:.1f} s, solve7 {res['fast']:.1f} ms "
+            f"(eager graph {res['eager_graph']:.1f} ms)",
+            flush=True,
+        )
+print(
+    "DIAG",
+    mode,
+    "counters",
+    {k: dict(v) for k, v in torch._dynamo.utils.counters.items() if k in ("stats", "recompiles", "graph_break")},
+    flush=True,
+)

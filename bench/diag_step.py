@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Where a fast-path request spends its time on the GPU (issue 8 diagnostics).
+
+For one request length (default: the issue's 1457 frames) it prints, in one process:
+- compile + capture seconds, the time of text embedding + 7-step solve (median of CUDA-event
+  timings after warm-up) and its distance to the fp32 eager solve (eager fp16's for scale);
+- the vocoder's time;
+- the top GPU kernels of one solve, from torch.profiler.
+
+Usage: python3 bench/diag_step.py [--frames 1457] [--no-compile] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+
+from ishowttsd.engine import accel, sampler
+from ishowttsd.engine.f5 import Engine
+from ishowttsd.engine.spec import ModelSpec, VoiceSpec
+
+TEXT = "Welcome back to the stream everyone, thanks for the follows and the subs today. " * 3
+
+
+def cuda_ms(fn: Callable[[], object], repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=1457)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    device = torch.device("cuda")
+    eng = Engine.load(ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda"), vocoder="untrained")
+    voice = eng.prepare_voice(VoiceSpec(id="default"))
+    ref = voice.reference
+    ref_mel = eng._reference_mel(ref, 0.1)
+    ids = eng._tokens(ref.text, TEXT)
+    frames = args.frames
+    noise = torch.randn(1, frames, 100, device=device, generator=torch.Generator(device).manual_seed(0))
+    kw = {"nfe": 7, "cfg_strength": 2.0, "sway": -1.0, "noise": noise}
+    with torch.inference_mode():
+        want = sampler.sample(eng._fp32_model(), ref_mel, ids, frames, **kw)
+        eager = sampler.sample(eng.dit, ref_mel, ids, frames, **kw)
+
+    def rel(x: torch.Tensor) -> float:
+        return float((x - want).norm() / want.norm())
+
+    print(f"DIAG eager fp16 vs fp32 eager: relative {rel(eager):.2e} (the fp16 rounding scale)")
+    fast = accel.FastSolver(eng.dit, eng.device, compile=not args.no_compile, graphs=True)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        fast.precapture([frames])
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fast.precapture([frames + 64, frames + 128])
+        torch.cuda.synchronize()
+        more = time.perf_counter() - t0
+        got = fast.sample(ref_mel, ids, frames, **kw)
+        solve = cuda_ms(lambda: fast.sample(ref_mel, ids, frames, **kw))
+        print(
+            f"DIAG fast path: compile+capture {first:.1f} s, two more buckets {more:.1f} s, "
+            f"text embedding + NFE7 solve {solve:.2f} ms, relative to fp32 {rel(got):.2e}",
+            flush=True,
+        )
+        mel = torch.randn(1, 100, frames - ref.frames, device=device)
+        with sampler.exact_length_convs(device):
+            voc = cuda_ms(lambda: eng.vocoder(mel))
+        print(f"DIAG frames {frames} (bucket {accel.bucket(frames)}): vocoder {voc:.2f} ms")
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fast.sample(ref_mel, ids, frames, **kw)
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
