@@ -83,6 +83,19 @@ def main() -> None:
             f"text embedding + NFE7 solve {solve:.2f} ms, relative to fp32 {rel(got):.2e}",
             flush=True,
         )
+        for n in (ref.frames + 250, ref.frames + 340):  # first chunks of about 27 and 37 bytes
+            t = cuda_ms(lambda n=n: fast.sample(ref_mel, ids[:, :40], n, **{**kw, "noise": noise[:, :n]}))
+            print(f"DIAG short first chunk: {n} frames (bucket {accel.bucket(n)}): {t:.2f} ms", flush=True)
+        # Two requests of the bucket as one batch (the worker does not batch yet).
+        item = accel.BatchItem(ref_mel, ids, frames, noise)
+        fast.precapture([frames], rows=2)
+        te_single = cuda_ms(lambda: fast.sample_batch([item], nfe=7, cfg_strength=2.0, sway=-1.0))
+        te_pair = cuda_ms(lambda: fast.sample_batch([item, item], nfe=7, cfg_strength=2.0, sway=-1.0))
+        print(
+            f"DIAG batching: one request {te_single:.2f} ms, two requests in one batch {te_pair:.2f} ms "
+            f"({te_pair / 2:.2f} ms each)",
+            flush=True,
+        )
         mel = torch.randn(1, 100, frames - ref.frames, device=device)
         with sampler.exact_length_convs(device):
             voc = cuda_ms(lambda: eng.vocoder(mel))

@@ -30,6 +30,7 @@ reuses the kernels and skips most of the compile.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -92,12 +93,19 @@ class Keys(NamedTuple):
 
 
 def _keys(mask: Tensor, groups: int) -> Keys:
+    """Keys for ``groups`` rows from the (B, N) frame mask: the CFG half repeats the B rows."""
     n = mask.shape[1]
+    rows = _cfg_rows(mask, groups)
     return Keys(
-        used=mask.sum(dim=1, dtype=torch.int32).expand(groups).contiguous(),
-        mask=mask[:, None, None, :].expand(groups, -1, -1, -1),
+        used=rows.sum(dim=1, dtype=torch.int32),
+        mask=rows[:, None, None, :],
         starts=torch.arange(groups + 1, device=mask.device, dtype=torch.int32) * n,
     )
+
+
+def _cfg_rows(t: Tensor, groups: int) -> Tensor:
+    """A per-request (B, ...) tensor for the G = B or 2B rows of the CFG batch."""
+    return t if groups == t.shape[0] else torch.cat((t, t))
 
 
 @torch.library.custom_op("ishowttsd::flash_prefix_attention", mutates_args=())
@@ -260,38 +268,68 @@ def _block(
     return x + gate_mlp.unsqueeze(1) * block.ff(norm)
 
 
-def masked_velocity(
-    dit: DiTModule,
-    weights: FastWeights,
-    x: Tensor,
-    cond: Tensor,
-    text: Tensor,
-    mask: Tensor,
-    rope: Rope,
-    t_emb: Tensor,
-    cfg: Tensor,
-) -> Tensor:
-    """The guided flow for a padded batch: ``x`` (1, N, mel) fp32, ``cond``/``text`` (G, N, ·)
-    in the model dtype, ``mask`` (1, N) bool (True = real frame), ``cfg`` a 0-d tensor."""
+def _embed_input(dit: DiTModule, weights: FastWeights, x: Tensor, cond: Tensor, text: Tensor, mask: Tensor) -> Tensor:
+    """The DiT's input embedding on the padded CFG batch (projection + position convs)."""
     groups = text.shape[0]
-    h_in = x.to(text.dtype).expand(groups, -1, -1)
+    h_in = _cfg_rows(x.to(text.dtype), groups)
     embed = dit.input_embed
     h = embed.proj(torch.cat((h_in, cond, text), dim=-1))
-    h = kernels.conv_position_embedding(weights.conv, h, mask) + h
-    keys = _keys(mask, groups)
-    residual = h
-    for block, qkv in zip(dit.transformer_blocks, weights.qkv, strict=True):
-        h = _block(block, qkv, weights.half_split, h, t_emb, rope, keys)
+    return kernels.conv_position_embedding(weights.conv, h, _cfg_rows(mask, groups)) + h
+
+
+def _finish(dit: DiTModule, h: Tensor, residual: Tensor, t_emb: Tensor, x: Tensor, dt: Tensor, cfg: Tensor) -> Tensor:
+    """Output layers, classifier-free guidance and the Euler update (the state stays fp32)."""
     if dit.long_skip_connection is not None:
         h = dit.long_skip_connection(torch.cat((h, residual), dim=-1))
     out = dit.proj_out(dit.norm_out(h, t_emb))
-    if groups == 1:
-        return out
-    pred, null = torch.chunk(out, 2, dim=0)
-    return pred + (pred - null) * cfg
+    if out.shape[0] == 2 * x.shape[0]:
+        pred, null = torch.chunk(out, 2, dim=0)
+        out = pred + (pred - null) * cfg
+    return x + dt * out.float()
+
+
+class Regions(NamedTuple):
+    """The three pieces a step is made of, each compiled on its own ("regional" compilation).
+
+    One compiled block serves all 22 blocks (their parameters are inputs of the compiled
+    graph, not constants), so dynamo traces one block instead of the whole step: a restart
+    with a warm cache spends seconds in dynamo instead of half a minute (bench/NOTES.md
+    item 15).  Eager, they are the plain functions.
+    """
+
+    embed: Callable[..., Tensor]
+    block: Callable[..., Tensor]
+    finish: Callable[..., Tensor]
+    dynamic: bool  # mark the length dimension dynamic before the first compile
+
+
+EAGER = Regions(_embed_input, _block, _finish, dynamic=False)
+
+
+def compiled_regions(dynamic: bool) -> Regions:
+    """``torch.compile`` of each region.  With ``dynamic`` the sequence length is symbolic from
+    the first compile, so every bucket runs the same kernels (a static compile per bucket cost
+    about 30 s each on the H100: bench/NOTES.md item 4).  The recompile limit is raised so
+    dynamo never silently falls back to eager."""
+    import torch._dynamo.config as dynamo_config
+
+    limit = 256
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(int(getattr(dynamo_config, name)), limit))
+    if not dynamic:
+        # Otherwise the second shape would switch dynamo to a dynamic-shape recompile.
+        dynamo_config.automatic_dynamic_shapes = False
+    return Regions(
+        embed=torch.compile(_embed_input, dynamic=dynamic),
+        block=torch.compile(_block, dynamic=dynamic),
+        finish=torch.compile(_finish, dynamic=dynamic),
+        dynamic=dynamic,
+    )
 
 
 def masked_step(
+    regions: Regions,
     dit: DiTModule,
     weights: FastWeights,
     x: Tensor,
@@ -303,29 +341,18 @@ def masked_step(
     dt: Tensor,
     cfg: Tensor,
 ) -> Tensor:
-    """One Euler step on the padded batch; a pure function of tensors (compile/graph friendly)."""
-    return x + dt * masked_velocity(dit, weights, x, cond, text, mask, rope, t_emb, cfg).float()
-
-
-def _compile_step(dynamic: bool) -> StepFn:
-    """``torch.compile`` of :func:`masked_step`.
-
-    Measured on the H100 (bench/NOTES.md): a static compile costs about 30 s per bucket from
-    an empty cache, so a static compile per bucket is out.  With ``dynamic=True`` the first
-    bucket still specialises (dynamo guards its length) and the second bucket recompiles with
-    the length dynamic, which then serves every later bucket: two compiles in all.  The
-    recompile limit is raised anyway, so that dynamo never silently falls back to eager.
-    """
-    import torch._dynamo.config as dynamo_config
-
-    limit = 256
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, max(int(getattr(dynamo_config, name)), limit))
-    if not dynamic:
-        # Otherwise the second shape would switch dynamo to a dynamic-shape recompile.
-        dynamo_config.automatic_dynamic_shapes = False
-    return torch.compile(masked_step, dynamic=dynamic)
+    """One Euler step on the padded batch: ``x`` (B, N, mel) fp32, ``cond``/``text`` (G, N, .)
+    in the model dtype with G = 2B under guidance (the B conditional rows, then the B
+    unconditional ones) or B, ``mask`` (B, N) bool (True = real frame), ``cfg`` a 0-d tensor.  A pure
+    function of tensors with no host syncs, so a CUDA graph can capture it."""
+    h = regions.embed(dit, weights, x, cond, text, mask)
+    if regions.dynamic:
+        torch._dynamo.maybe_mark_dynamic(h, 1)
+    keys = _keys(mask, text.shape[0])
+    residual = h
+    for block, qkv in zip(dit.transformer_blocks, weights.qkv, strict=True):
+        h = regions.block(block, qkv, weights.half_split, h, t_emb, rope, keys)
+    return regions.finish(dit, h, residual, t_emb, x, dt, cfg)
 
 
 def _convnext(block: Any, x: Tensor, real: Tensor) -> Tensor:
@@ -340,17 +367,19 @@ def _convnext(block: Any, x: Tensor, real: Tensor) -> Tensor:
     return x + block.pwconv2(h)
 
 
-def masked_text_embedding(text_embed: Any, tokens: Tensor, real: Tensor, groups: int) -> Tensor:
-    """Upstream's ``TextEmbedding`` for a request of n frames, computed at bucket length N.
+def masked_text_embedding(text_embed: Any, tokens: Tensor, real: Tensor, guided: bool) -> Tensor:
+    """Upstream's ``TextEmbedding`` for requests of n frames each, computed at bucket length N.
 
-    ``tokens`` (1, N) are the token ids + 1 with 0 as filler (upstream's own shift), ``real``
-    (1, N) bool marks the n real positions.  With ``groups`` 2 the second row is the
-    dropped-text embedding for CFG.  The padding is zeroed before every ConvNeXt block (the
+    ``tokens`` (B, N) are the token ids + 1 with 0 as filler (upstream's own shift), ``real``
+    (B, N) bool marks each row's n real positions.  ``guided`` appends the B dropped-text rows
+    for CFG.  The padding is zeroed before every ConvNeXt block (the
     zero padding the unpadded depthwise conv sees) and left out of each GRN's norm, so the real
     positions get exactly the unpadded embedding (tests/unit/test_engine_accel.py).
     """
-    filler = tokens == 0
-    ids = torch.cat((tokens, torch.zeros_like(tokens))) if groups == 2 else tokens
+    groups = tokens.shape[0] * (2 if guided else 1)
+    filler = _cfg_rows(tokens == 0, groups)
+    real = _cfg_rows(real, groups)
+    ids = torch.cat((tokens, torch.zeros_like(tokens))) if guided else tokens
     x = text_embed.text_embed(ids)
     if not text_embed.extra_modeling:
         return x * real[..., None]
@@ -363,27 +392,39 @@ def masked_text_embedding(text_embed: Any, tokens: Tensor, real: Tensor, groups:
     return x
 
 
-class _Bucket:
-    """Static inputs of one (bucket, CFG) shape, and optionally its captured graphs.
+class BatchItem(NamedTuple):
+    """One request of a batched solve."""
 
-    A request is loaded into these buffers (a few device copies), then the text-embedding graph
-    and one step graph per Euler step replay.  A step graph is independent of the NFE and of
-    the time grid: each step's time embedding and step size are copied into ``t_emb``/``dt``.
+    ref_mel: Tensor  # (1, r, mel) fp32
+    text_ids: Tensor  # (1, nt) token ids, reference transcript + text
+    frames: int  # n, total frames including the reference (already through total_frames)
+    noise: Tensor  # (1, n, mel) fp32
+
+
+class _Bucket:
+    """Static inputs of one (bucket length, batch rows, CFG) shape, and its captured graphs.
+
+    Requests are loaded into these buffers (a few device copies each), then the text-embedding
+    graph and one step graph per Euler step replay.  A step graph is independent of the NFE and
+    of the time grid: each step's time embedding and step size are copied into ``t_emb``/``dt``.
     """
 
-    def __init__(self, dit: DiTModule, weights: FastWeights, frames: int, groups: int, device: torch.device) -> None:
+    def __init__(
+        self, dit: DiTModule, weights: FastWeights, frames: int, rows: int, guided: bool, device: torch.device
+    ) -> None:
         dtype = next(dit.parameters()).dtype
         text_dim = dit.text_embed.text_embed.embedding_dim
         mel = dit.proj_out.out_features
         dim = dit.time_embed.time_mlp[-1].out_features
+        groups = rows * (2 if guided else 1)
         self.dit = dit
         self.weights = weights
         self.frames = frames
-        self.groups = groups
+        self.guided = guided
         self.positions = torch.arange(frames, device=device)
-        self.tokens = torch.zeros(1, frames, dtype=torch.long, device=device)
-        self.real = torch.ones(1, frames, dtype=torch.bool, device=device)
-        self.x = torch.zeros(1, frames, mel, device=device)
+        self.tokens = torch.zeros(rows, frames, dtype=torch.long, device=device)
+        self.real = torch.ones(rows, frames, dtype=torch.bool, device=device)
+        self.x = torch.zeros(rows, frames, mel, device=device)
         self.cond = torch.zeros(groups, frames, mel, device=device, dtype=dtype)
         self.text = torch.zeros(groups, frames, text_dim, device=device, dtype=dtype)
         self.rope = rope_tables(dit, frames, weights.half_split)
@@ -393,20 +434,24 @@ class _Bucket:
         self.embed_graph: torch.cuda.CUDAGraph | None = None
         self.step_graph: torch.cuda.CUDAGraph | None = None
 
-    def load(self, ref_mel: Tensor, text_ids: Tensor, n: int, noise: Tensor, cfg_strength: float) -> None:
-        """Copy one request into the static inputs: zero padding everywhere past its n frames."""
-        r, nt = ref_mel.shape[1], text_ids.shape[1]
-        self.tokens.zero_()
-        self.tokens[:, :nt].copy_(text_ids + 1)
-        torch.lt(self.positions, n, out=self.real[0])
-        self.cond[:1, r:].zero_()  # the CFG row stays all zero
-        self.cond[:1, :r].copy_(ref_mel)
-        self.x[:, n:].zero_()
-        self.x[:, :n].copy_(noise)
-        self.cfg.fill_(cfg_strength)
+    def load(self, row: int, item: BatchItem) -> None:
+        """Copy one request into its row: zero padding everywhere past its n frames (the CFG
+        rows' audio condition stays all zero)."""
+        r, nt, n = item.ref_mel.shape[1], item.text_ids.shape[1], item.frames
+        self.tokens[row].zero_()
+        self.tokens[row, :nt].copy_(item.text_ids[0] + 1)
+        torch.lt(self.positions, n, out=self.real[row])
+        self.cond[row, r:].zero_()
+        self.cond[row, :r].copy_(item.ref_mel[0])
+        self.x[row, n:].zero_()
+        self.x[row, :n].copy_(item.noise[0])
 
     def embed(self) -> None:
-        self.text.copy_(masked_text_embedding(self.dit.text_embed, self.tokens, self.real, self.groups))
+        # Without cuDNN: its depthwise-conv plans are built per shape, ~0.2 s for each bucket's
+        # capture (a restart captures 27), for a conv that takes microseconds either way.
+        with torch.backends.cudnn.flags(enabled=False):
+            emb = masked_text_embedding(self.dit.text_embed, self.tokens, self.real, self.guided)
+        self.text.copy_(emb)
 
     def step(self, step: StepFn) -> None:
         args = (
@@ -423,7 +468,7 @@ class _Bucket:
         )
         self.x.copy_(step(*args))
 
-    def capture(self, step: StepFn, pool: Any, device: torch.device, dynamic: bool) -> None:
+    def capture(self, step: StepFn, pool: Any, device: torch.device, dynamic: bool, warmups: int) -> None:
         if dynamic:
             # Compile the first bucket with the length already symbolic: without this, dynamo
             # specialises on the first length and compiles a second time at the next bucket.
@@ -434,7 +479,7 @@ class _Bucket:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            for _ in range(2):
+            for _ in range(warmups):
                 self.embed()
                 self.step(step)
         torch.cuda.current_stream(device).wait_stream(side)
@@ -483,34 +528,35 @@ class FastSolver:
         self.granularity = granularity
         self.compiled = compile
         self.graphs_enabled = graphs and device.type == "cuda"
-        step: StepFn = masked_step
-        if compile:
-            step = _compile_step(dynamic)
-        self.step = step
+        self.regions = compiled_regions(dynamic) if compile else EAGER
+        self.step: StepFn = functools.partial(masked_step, self.regions)
         self.dynamic = dynamic
         self.weights = fast_weights(dit)
         if getattr(dit.text_embed, "average_upsampling", False):
             raise ValueError("the fast path does not support text_embedding_average_upsampling")
-        self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
         self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_enabled else None
         self.capture_s = 0.0
 
     @property
     def graph_count(self) -> int:
-        """Captured (bucket, CFG) shapes: each is a text-embedding graph and a step graph."""
+        """Captured shapes: each is a text-embedding graph and a step graph."""
         return sum(b.step_graph is not None for b in self._buckets.values())
 
-    def _bucket(self, frames: int, groups: int) -> _Bucket:
-        key = (frames, groups)
+    def _bucket(self, frames: int, rows: int, guided: bool) -> _Bucket:
+        key = (frames, rows, guided)
         found = self._buckets.get(key)
         if found is None:
             t0 = time.perf_counter()
-            found = _Bucket(self.dit, self.weights, frames, groups, self.device)
+            found = _Bucket(self.dit, self.weights, frames, rows, guided, self.device)
             if self.graphs_enabled:
-                found.capture(self.step, self._pool, self.device, self.compiled and self.dynamic)
+                # The first capture also compiles and initialises cuBLAS/cuDNN: warm it up
+                # a few times; later buckets reuse all that and need one run.
+                warmups = 1 if self.graph_count else 3
+                found.capture(self.step, self._pool, self.device, self.compiled and self.dynamic, warmups)
                 self.capture_s += time.perf_counter() - t0
-                log.debug("captured bucket graphs", extra={"frames": frames, "groups": groups})
+                log.debug("captured bucket graphs", extra={"frames": frames, "rows": rows, "guided": guided})
             self._buckets[key] = found
         return found
 
@@ -521,16 +567,15 @@ class FastSolver:
         return self._times[key]
 
     @torch.inference_mode()
-    def precapture(self, frames: Iterable[int], guided: bool = True) -> int:
+    def precapture(self, frames: Iterable[int], guided: bool = True, rows: int = 1) -> int:
         """Capture (and compile) the buckets covering ``frames`` ahead of traffic.  Under
         inference mode, as requests run: compiled code is guarded on the grad mode."""
         if not self.graphs_enabled:
             return 0
-        groups = 2 if guided else 1
         done = 0
         for n in sorted({bucket(f, self.granularity) for f in frames}):
-            if (n, groups) not in self._buckets:
-                self._bucket(n, groups)
+            if (n, rows, guided) not in self._buckets:
+                self._bucket(n, rows, guided)
                 done += 1
         return done
 
@@ -553,9 +598,25 @@ class FastSolver:
     ) -> Tensor:
         """Drop-in for :func:`sampler.sample` on the bucketed path: no host sync anywhere, so
         the caller can queue the vocoder while the GPU still runs the steps."""
-        groups = 2 if sampler.is_guided(cfg_strength) else 1
-        b = self._bucket(bucket(frames, self.granularity), groups)
-        b.load(ref_mel, text_ids, frames, noise, cfg_strength)
+        item = BatchItem(ref_mel, text_ids, frames, noise)
+        return self.sample_batch([item], nfe=nfe, cfg_strength=cfg_strength, sway=sway)[0]
+
+    @torch.no_grad()
+    def sample_batch(
+        self, items: list[BatchItem], *, nfe: int, cfg_strength: float, sway: float | None
+    ) -> list[Tensor]:
+        """Several requests of one length bucket (and one NFE, guidance and sway) as one batch;
+        each result is what :meth:`sample` gives for that request alone."""
+        frames = bucket(max(item.frames for item in items), self.granularity)
+        if any(bucket(item.frames, self.granularity) != frames for item in items):
+            raise ValueError("a batch must share one length bucket")
+        b = self._bucket(frames, len(items), sampler.is_guided(cfg_strength))
+        for row, item in enumerate(items):
+            b.load(row, item)
+        b.cfg.fill_(cfg_strength)
         b.run(self.step, *self._time_embeddings(nfe, sway))
-        ref = ref_mel.shape[1]
-        return torch.cat((ref_mel.to(b.x.dtype), b.x[:, ref:frames]), dim=1)
+        out = []
+        for row, item in enumerate(items):
+            ref = item.ref_mel.shape[1]
+            out.append(torch.cat((item.ref_mel.to(b.x.dtype), b.x[row : row + 1, ref : item.frames]), dim=1))
+        return out

@@ -254,8 +254,13 @@ class Engine:
 
         progress(f"building {spec.architecture} ({'untrained' if spec.untrained else 'from checkpoint'})")
         # Always build under a forked RNG: loading must not disturb the process's random state,
-        # and untrained weights must be the same for the same seed, whatever ran before.
-        with torch.random.fork_rng(devices=[]):
+        # and untrained weights must be the same for the same seed, whatever ran before.  Built
+        # on the target device: initialising 337 M parameters on the CPU took ~5 s of a restart
+        # (bench/NOTES.md item 15), so untrained weights depend on the device's generator.
+        rng_devices = (
+            [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        )
+        with torch.random.fork_rng(devices=rng_devices), device:
             torch.manual_seed(spec.seed)
             dit_kwargs: dict[str, Any] = {**preset.dit, "text_num_embeds": len(vocab), "mel_dim": N_MELS}
             dit = DiT(**dit_kwargs)

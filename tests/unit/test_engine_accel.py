@@ -102,9 +102,32 @@ def test_text_embedding_at_bucket_length_equals_exact_length(
             want = [text_embed(ids, seq_len=n, drop_text=False)]
             if guided:
                 want.append(text_embed(ids, seq_len=n, drop_text=True))
-            got = accel.masked_text_embedding(text_embed, tokens, real, 2 if guided else 1)
+            got = accel.masked_text_embedding(text_embed, tokens, real, guided)
     finally:
         text_embed.mask_padding = saved
     want_t = torch.cat(want)
     torch.testing.assert_close(got[:, :n], want_t, rtol=1e-6, atol=1e-6)
     assert not got[:, n:].any(), "padding stays zero"
+
+
+@pytest.mark.parametrize("cfg", [2.0, 0.0])
+def test_batch_of_two_lengths_equals_each_alone(tiny_engine: Any, default_voice: Any, cfg: float) -> None:
+    """Two requests of different lengths in one bucket, solved as one batch, give what each
+    gives alone: rows never see each other (their own masks, keys and CFG rows)."""
+    ref = default_voice.reference
+    ref_mel = tiny_engine._reference_mel(ref, 0.1)
+    fast = accel.FastSolver(tiny_engine.dit, torch.device("cpu"), compile=False, graphs=False)
+    items = []
+    for extra, words in ((150, "A first request, rather longer than the second one."), (171, "Second.")):
+        ids = tiny_engine._tokens(ref.text, words)
+        frames = sampler.total_frames(ref.frames + extra, ref_mel.shape[1], ids.shape[1])
+        noise = sampler.initial_noise(frames, 100, torch.Generator().manual_seed(extra), torch.device("cpu"))
+        items.append(accel.BatchItem(ref_mel, ids, frames, noise))
+    assert accel.bucket(items[0].frames) == accel.bucket(items[1].frames)
+    assert items[0].frames != items[1].frames
+    with torch.inference_mode():
+        batch = fast.sample_batch(items, nfe=7, cfg_strength=cfg, sway=-1.0)
+        alone = [fast.sample_batch([item], nfe=7, cfg_strength=cfg, sway=-1.0)[0] for item in items]
+    for got, want in zip(batch, alone, strict=True):
+        assert got.shape == want.shape
+        assert float((got - want).norm() / want.norm()) < 1e-5
