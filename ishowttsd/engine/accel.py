@@ -5,27 +5,29 @@ request of a livestream has a new text length.  So the sequence is padded up to 
 (a multiple of :data:`BUCKET_FRAMES`) and the padding is *masked*, which keeps the output that
 of the unpadded sequence (only float rounding differs):
 
-- attention gets a key-padding mask, so valid positions never attend to padding;
+- attention gets a key-padding mask, so real positions never attend to padding;
 - the convolutional position embedding zeroes padding before and after each of its convs
   (upstream's ``ConvPositionEmbedding`` with a mask does exactly that), which is the zero
   padding the unpadded conv sees;
-- everything else (AdaLN, feed-forward, projections) is per position;
-- the text embedding is computed at the true length and zero-padded.
+- the text embedding zeroes padding before each ConvNeXt block and leaves it out of each GRN's
+  sequence norm (:func:`masked_text_embedding`);
+- everything else (AdaLN, feed-forward, projections) is per position.
 
 Upstream's DiT blocks ignore the mask in attention for v1 models (``attn_mask_enabled`` is
-off), so :func:`masked_velocity` runs the blocks' own submodules with a masked SDPA instead of
-calling ``DiTBlock.forward``.  tests/unit/test_engine_accel.py checks padded == unpadded.
+off), so :func:`_block` runs the blocks' own submodules with a masked SDPA instead of calling
+``DiTBlock.forward``, with q/k/v as one matmul and RoPE from per-bucket tables.
+tests/unit/test_engine_accel.py checks padded == unpadded.
 
-Why a graph per *step* rather than per solve.  A step graph is independent of the NFE and of
-the time grid: the loop copies each step's time embedding and step size into the graph's
-static inputs (two tiny device copies) and replays.  One graph per (bucket, CFG) serves every
-NFE, so warm-up captures a few dozen graphs in well under a second each, all sharing one memory
-pool.  The vocoder runs outside the graph on the exact frame count (its convs would see the
-padding), optionally compiled with dynamic shapes.
+Graphs: per (bucket, batch rows, CFG) one text-embedding graph and one *step* graph.  A step
+graph is independent of the NFE and of the time grid: the loop copies each step's time
+embedding and step size into the graph's static inputs (two tiny device copies) and replays.
+Warm-up captures a few dozen shapes, all sharing one memory pool.  The vocoder runs outside
+the graphs at the exact frame count (engine/f5.py).
 
-Compile caches: inductor's FX-graph cache and Triton's kernel cache live under
+Compile: three regions (:class:`Regions`), the block region shared by all blocks, with the
+length dynamic.  Inductor's FX-graph cache and Triton's kernel cache live under
 ``<cache_dir>/inductor`` and ``<cache_dir>/triton`` when a cache dir is given, so a restart
-reuses the kernels and skips most of the compile.
+reuses the kernels.  bench/NOTES.md records what each choice measured.
 """
 
 from __future__ import annotations
@@ -84,23 +86,9 @@ def configure_caches(cache_dir: str | os.PathLike[str] | None) -> dict[str, str]
     return dirs
 
 
-class Keys(NamedTuple):
-    """Which keys each row of the CFG batch may attend to: its first ``used[g]`` positions."""
-
-    used: Tensor  # (G,) int32
-    mask: Tensor  # (G, 1, 1, N) bool, the same as a key-padding mask
-    starts: Tensor  # (G + 1,) int32: g * N, the row offsets flash's variable-length kernel takes
-
-
-def _keys(mask: Tensor, groups: int) -> Keys:
-    """Keys for ``groups`` rows from the (B, N) frame mask: the CFG half repeats the B rows."""
-    n = mask.shape[1]
-    rows = _cfg_rows(mask, groups)
-    return Keys(
-        used=rows.sum(dim=1, dtype=torch.int32),
-        mask=rows[:, None, None, :],
-        starts=torch.arange(groups + 1, device=mask.device, dtype=torch.int32) * n,
-    )
+def _key_mask(mask: Tensor, groups: int) -> Tensor:
+    """The (G, 1, 1, N) key-padding mask for ``groups`` rows from the (B, N) frame mask."""
+    return _cfg_rows(mask, groups)[:, None, None, :]
 
 
 def _cfg_rows(t: Tensor, groups: int) -> Tensor:
@@ -108,46 +96,14 @@ def _cfg_rows(t: Tensor, groups: int) -> Tensor:
     return t if groups == t.shape[0] else torch.cat((t, t))
 
 
-@torch.library.custom_op("ishowttsd::flash_prefix_attention", mutates_args=())
-def flash_prefix_attention(q: Tensor, k: Tensor, v: Tensor, starts: Tensor, count: Tensor) -> Tensor:
-    """Flash attention over (G, N, H, d) where row g sees its first ``count[g]`` keys only.
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+    """SDPA over (G, N, H, d) with the key-padding mask: no row attends to padding.
 
-    The variable-length flash kernel with ``seqused_k``: every row keeps all N queries, and the
-    number of keys it reads comes from device memory, so one captured graph serves every length
-    in its bucket.  A custom op so that ``torch.compile`` keeps it as one opaque kernel.
+    With a mask SDPA runs the memory-efficient kernel rather than flash.  Flash's
+    variable-length kernel with ``seqused_k`` (exact too, no mask) was tried: 40.71 ms against
+    40.13 ms for this in the same process on the H100 (bench/NOTES.md item 10).
     """
-    g, n, h, d = q.shape
-    out = torch.ops.aten._flash_attention_forward(
-        q.reshape(g * n, h, d),
-        k.reshape(g * n, h, d),
-        v.reshape(g * n, h, d),
-        starts,
-        starts,
-        n,
-        n,
-        0.0,
-        False,
-        False,
-        seqused_k=count,
-    )[0]
-    return out.view(g, n, h, d)
-
-
-@flash_prefix_attention.register_fake
-def _flash_prefix_attention_fake(q: Tensor, k: Tensor, v: Tensor, starts: Tensor, count: Tensor) -> Tensor:
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
-
-
-def masked_attention(q: Tensor, k: Tensor, v: Tensor, keys: Keys) -> Tensor:
-    """Attention over (G, N, H, d) that ignores the padded keys.
-
-    On CUDA in half precision: :func:`flash_prefix_attention`.  An explicit mask would rule out
-    the flash kernel and run the memory-efficient one, 30% slower here (bench/NOTES.md item 12).
-    Elsewhere: SDPA with the key-padding mask.
-    """
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        return flash_prefix_attention(q, k, v, keys.starts, keys.used)
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=keys.mask)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask)
     return o.transpose(1, 2)
 
 
@@ -203,7 +159,7 @@ def fused_qkv(dit: DiTModule, half_split: bool) -> QKV:
     sit half a rotation apart (i and rot/2 + i) instead of side by side.  Attention scores are
     dot products over the head dimension, which the same reordering of q and k leaves unchanged,
     and rotating contiguous halves is a plain strided kernel instead of an interleaved gather
-    (bench/NOTES.md item 13).
+    (bench/NOTES.md item 12).
     """
     rot = dit.rotary_embed.inv_freq.shape[0] * 2
     fused = []
@@ -245,7 +201,7 @@ def fast_weights(dit: DiTModule) -> FastWeights:
 
 
 def _block(
-    block: Any, qkv: tuple[Tensor, Tensor | None], half_split: bool, x: Tensor, t: Tensor, rope: Rope, keys: Keys
+    block: Any, qkv: tuple[Tensor, Tensor | None], half_split: bool, x: Tensor, t: Tensor, rope: Rope, key_mask: Tensor
 ) -> Tensor:
     """``DiTBlock.forward`` attending to the real keys only (dropout is off in eval)."""
     norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.attn_norm(x, emb=t)
@@ -262,7 +218,7 @@ def _block(
     else:  # F5TTS_Base: RoPE on the first pn heads only
         q = torch.cat((_rotate(q[:, :, :pn], rope, half_split), q[:, :, pn:]), dim=2)
         k = torch.cat((_rotate(k[:, :, :pn], rope, half_split), k[:, :, pn:]), dim=2)
-    o = masked_attention(q, k, v, keys).reshape(g, n, -1)
+    o = masked_attention(q, k, v, key_mask).reshape(g, n, -1)
     x = x + gate_msa.unsqueeze(1) * attn.to_out[0](o)
     norm = block.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
     return x + gate_mlp.unsqueeze(1) * block.ff(norm)
@@ -348,10 +304,10 @@ def masked_step(
     h = regions.embed(dit, weights, x, cond, text, mask)
     if regions.dynamic:
         torch._dynamo.maybe_mark_dynamic(h, 1)
-    keys = _keys(mask, text.shape[0])
+    key_mask = _key_mask(mask, text.shape[0])
     residual = h
     for block, qkv in zip(dit.transformer_blocks, weights.qkv, strict=True):
-        h = regions.block(block, qkv, weights.half_split, h, t_emb, rope, keys)
+        h = regions.block(block, qkv, weights.half_split, h, t_emb, rope, key_mask)
     return regions.finish(dit, h, residual, t_emb, x, dt, cfg)
 
 

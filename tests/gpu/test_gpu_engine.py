@@ -42,12 +42,16 @@ def torch_cuda() -> Any:
     return torch
 
 
-def _load(graphs: bool) -> Any:
+def _load(graphs: bool, compile: bool = False) -> Any:
     from ishowttsd.engine.f5 import Engine
     from ishowttsd.engine.spec import ModelSpec
 
-    return Engine.load(ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda",
-                                 cuda_graphs=graphs), vocoder="untrained")
+    return Engine.load(
+        ModelSpec(
+            architecture="F5TTS_v1_Base", weights="untrained", device="cuda", cuda_graphs=graphs, compile=compile
+        ),
+        vocoder="untrained",
+    )
 
 
 def _rtf(engine: Any, voice: Any, nfe: int, repeats: int = 10) -> dict[str, Any]:
@@ -64,8 +68,13 @@ def _rtf(engine: Any, voice: Any, nfe: int, repeats: int = 10) -> dict[str, Any]
         times.append(time.perf_counter() - t0)
     assert out is not None
     median = statistics.median(times)
-    return {"median_ms": median * 1e3, "min_ms": min(times) * 1e3, "audio_s": out.duration_s,
-            "rtf": median / out.duration_s, "audio": out.audio}
+    return {
+        "median_ms": median * 1e3,
+        "min_ms": min(times) * 1e3,
+        "audio_s": out.duration_s,
+        "rtf": median / out.duration_s,
+        "audio": out.audio,
+    }
 
 
 def test_full_size_untrained_model_synthesises_on_cuda(torch_cuda: Any) -> None:
@@ -81,9 +90,17 @@ def test_full_size_untrained_model_synthesises_on_cuda(torch_cuda: Any) -> None:
     assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-4
     assert 5.0 < r["audio_s"] < 20.0
     assert r["rtf"] < 0.25  # the self-check's default ceiling, by a wide margin on an H100
-    _report("eager_nfe7", {**r, "gpu": torch_cuda.cuda.get_device_name(), "torch": torch_cuda.__version__,
-                           "cuda": torch_cuda.version.cuda, "precision": engine.precision,
-                           "parameters": engine.info.parameters})
+    _report(
+        "eager_nfe7",
+        {
+            **r,
+            "gpu": torch_cuda.cuda.get_device_name(),
+            "torch": torch_cuda.__version__,
+            "cuda": torch_cuda.version.cuda,
+            "precision": engine.precision,
+            "parameters": engine.info.parameters,
+        },
+    )
 
 
 def test_cuda_graphs_match_eager(torch_cuda: Any) -> None:
@@ -102,9 +119,45 @@ def test_cuda_graphs_match_eager(torch_cuda: Any) -> None:
     got = _rtf(graphs, vg, 7)
     assert len(got["audio"]) == len(want["audio"])
     dist = log_mel_distance(got["audio"], want["audio"], 24000)
-    _report("graphs_nfe7", {k: v for k, v in got.items() if k != "audio"} | {"distance_db_vs_eager_fp16": dist,
-                                                                             "graphs": graphs.fast.graph_count})
+    _report(
+        "graphs_nfe7",
+        {k: v for k, v in got.items() if k != "audio"}
+        | {"distance_db_vs_eager_fp16": dist, "graphs": graphs.fast.graph_count},
+    )
     assert dist < 0.5, dist  # fp16 rounding only (bucketed + masked attention, same math)
+
+
+def test_compiled_fast_path_matches_eager(torch_cuda: Any) -> None:
+    """torch.compile (three regions, dynamic length) + graphs gives eager's audio, and a batch of
+    two requests of one bucket gives each request's solo result."""
+    from ishowttsd.engine import accel, sampler
+    from ishowttsd.engine.spec import VoiceSpec
+    from ishowttsd.quality import log_mel_distance
+
+    eager = _load(graphs=False)
+    want = _rtf(eager, eager.prepare_voice(VoiceSpec(id="default")), 7, repeats=2)
+    del eager
+    fast = _load(graphs=True, compile=True)
+    assert fast.fast is not None and fast.fast.compiled
+    voice = fast.prepare_voice(VoiceSpec(id="default"))
+    fast.warm_up(voice, [7])
+    got = _rtf(fast, voice, 7)
+    dist = log_mel_distance(got["audio"], want["audio"], 24000)
+    _report("compile_graphs_nfe7", {k: v for k, v in got.items() if k != "audio"} | {"distance_db_vs_eager": dist})
+    assert dist < 0.5, dist
+    torch = torch_cuda
+    ref_mel = fast._reference_mel(voice.reference, 0.1)
+    items = []
+    for words, extra in (("A first request, rather longer than the other one.", 600), ("Second.", 620)):
+        ids = fast._tokens(voice.reference.text, words)
+        frames = sampler.total_frames(voice.reference.frames + extra, ref_mel.shape[1], ids.shape[1])
+        noise = torch.randn(1, frames, 100, device="cuda", generator=torch.Generator("cuda").manual_seed(extra))
+        items.append(accel.BatchItem(ref_mel, ids, frames, noise))
+    with torch.inference_mode():
+        pair = fast.fast.sample_batch(items, nfe=7, cfg_strength=2.0, sway=-1.0)
+        alone = [fast.fast.sample_batch([item], nfe=7, cfg_strength=2.0, sway=-1.0)[0] for item in items]
+    for a, b in zip(pair, alone, strict=True):
+        assert float((a - b).norm() / b.norm()) < 5e-3
 
 
 def test_grouped_conv_kernel_matches_cudnn(torch_cuda: Any) -> None:
@@ -124,18 +177,18 @@ def test_grouped_conv_kernel_matches_cudnn(torch_cuda: Any) -> None:
         assert err < 2e-3, (n, err)
 
 
-def test_flash_prefix_attention_ignores_padded_keys(torch_cuda: Any) -> None:
-    """Flash with seqused_k (engine/accel.py) equals SDPA with a key-padding mask."""
+def test_masked_attention_ignores_padded_keys(torch_cuda: Any) -> None:
+    """The fast path's attention (fp16, CUDA kernels) equals fp32 SDPA over the real keys only."""
     from ishowttsd.engine import accel
 
     torch = torch_cuda
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 1472, 16, 64, device="cuda", dtype=torch.float16) for _ in range(3))
     for real in (1472, 1457, 1409):
-        keys = accel._keys(torch.arange(1472, device="cuda")[None, :] < real, 2)
-        got = accel.masked_attention(q, k, v, keys).float()
+        key_mask = accel._key_mask(torch.arange(1472, device="cuda")[None, :] < real, 2)
+        got = accel.masked_attention(q, k, v, key_mask).float()
         want = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(), attn_mask=keys.mask
+            q.transpose(1, 2).float(), k[:, :real].transpose(1, 2).float(), v[:, :real].transpose(1, 2).float()
         ).transpose(1, 2)
         err = float((got - want).abs().max())
         assert err < 2e-3, (real, err)
@@ -143,4 +196,4 @@ def test_flash_prefix_attention_ignores_padded_keys(torch_cuda: Any) -> None:
         k2, v2 = k.clone(), v.clone()
         k2[:, real:] = 7.0
         v2[:, real:] = -7.0
-        assert torch.equal(accel.masked_attention(q, k2, v2, keys), accel.masked_attention(q, k, v, keys))
+        assert torch.equal(accel.masked_attention(q, k2, v2, key_mask), accel.masked_attention(q, k, v, key_mask))

@@ -69,7 +69,7 @@ def test_rotation_keeps_upstream_attention_scores(half_split: bool) -> None:
 def test_masked_attention_ignores_padded_keys() -> None:
     torch.manual_seed(3)
     q, k, v = (torch.randn(2, 50, 4, 16) for _ in range(3))
-    keys = accel._keys(torch.arange(50)[None, :] < 41, 2)
+    keys = accel._key_mask(torch.arange(50)[None, :] < 41, 2)
     got = accel.masked_attention(q, k, v, keys)
     k[:, 41:], v[:, 41:] = 9.0, -9.0
     torch.testing.assert_close(accel.masked_attention(q, k, v, keys), got)
