@@ -10,26 +10,12 @@ weights' reads dominate.  Usage: python3 bench/diag_int8.py (needs torchao impor
 from __future__ import annotations
 
 import copy
-import statistics
 
 import torch
+from cuda_timing import cuda_ms
 from torch import nn
 
 SHAPES = {"q/k/v fused": (1024, 3072), "ff in": (1024, 2048), "ff out": (2048, 1024), "attn out": (1024, 1024)}
-
-
-def cuda_ms(fn, repeats: int = 50) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -49,8 +35,8 @@ def main() -> None:
                 q = copy.deepcopy(lin)
                 quantize_(q, Int8WeightOnlyConfig())
                 int8 = torch.compile(q)
-                t16 = cuda_ms(lambda: fp16(x))  # noqa: B023 - used at once
-                t8 = cuda_ms(lambda: int8(x))  # noqa: B023
+                t16 = cuda_ms(lambda: fp16(x), repeats=50)  # noqa: B023 - used at once
+                t8 = cuda_ms(lambda: int8(x), repeats=50)  # noqa: B023
                 e16 = float((fp16(x).float() - want).norm() / want.norm())
                 e8 = float((int8(x).float() - want).norm() / want.norm())
             print(

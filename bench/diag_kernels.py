@@ -15,7 +15,6 @@ Usage: python3 bench/diag_kernels.py
 
 from __future__ import annotations
 
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
+from cuda_timing import cuda_ms
 
 from ishowttsd.engine import accel, kernels
 
@@ -30,25 +30,11 @@ G, N, REAL, H, D = 2, 1472, 1457, 16, 64
 C, GROUPS, K = 1024, 16, 31
 
 
-def cuda_ms(fn: Callable[[], object], repeats: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def report(name: str, fn: Callable[[], torch.Tensor], ref: torch.Tensor, flop: float) -> None:
     try:
         out = fn().float()
         err = float((out - ref).abs().max())
-        t = cuda_ms(fn)
+        t = cuda_ms(fn, repeats=50)
         print(f"DIAG {name:<46} {t:7.3f} ms {flop / t / 1e9:6.0f} TFLOP/s  max abs err {err:.2e}", flush=True)
     except Exception as exc:  # a backend this build lacks is a finding, not a crash
         print(f"DIAG {name:<46} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)

@@ -13,34 +13,19 @@ Usage: python3 bench/diag_step.py [--frames 1457] [--no-compile] [--profile]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
+from cuda_timing import cuda_ms
 
 from ishowttsd.engine import accel, sampler
 from ishowttsd.engine.f5 import Engine
 from ishowttsd.engine.spec import ModelSpec, VoiceSpec
 
 TEXT = "Welcome back to the stream everyone, thanks for the follows and the subs today. " * 3
-
-
-def cuda_ms(fn: Callable[[], object], repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
