@@ -294,7 +294,12 @@ class Engine:
                 log.info("torch.compile on", extra={"caches": caches or "torch default"})
                 # The vocoder stays eager: compiled it ran 2.7 ms against 2.4 eager on the H100,
                 # and each new audio length cost a ~150 ms re-trace on first use.
-            fast = accel.FastSolver(dit, device, compile=spec.compile, graphs=spec.cuda_graphs)
+            try:
+                fast = accel.FastSolver(dit, device, compile=spec.compile, graphs=spec.cuda_graphs)
+            except ValueError as exc:  # a model variant the fast path does not handle
+                raise EngineError(
+                    f"{spec.architecture}: {exc}; set [model] compile = false and cuda_graphs = false"
+                ) from None
 
         info = EngineInfo(
             architecture=spec.architecture,
