@@ -48,7 +48,7 @@ from . import kernels, sampler
 
 log = logging.getLogger("ishowttsd.engine")
 
-# 64 mel frames = 0.68 s of audio: at most 4% padding for the 15 s issue-8 utterance.  Tried
+# 64 mel frames = 0.68 s of audio: at most 4% padding for the issue-8 utterance.  Tried
 # 128 on the H100 (fewer graphs): the 1457-frame solve padded to 1536 ran 64.6 ms against
 # 57.9 ms at 1472, and the compile count does not depend on the bucket count (bench/NOTES.md).
 BUCKET_FRAMES = 64
@@ -313,7 +313,7 @@ def masked_step(
 
 def _convnext(block: Any, x: Tensor, real: Tensor) -> Tensor:
     """Upstream's ``ConvNeXtV2Block`` on a padded batch whose padding is already zero; its GRN
-    takes the sequence norm over the ``real`` (1, N, 1) positions only, as the unpadded block
+    takes the sequence norm over the ``real`` (G, N, 1) positions only, as the unpadded block
     would (upstream's own GRN would count the padding)."""
     h = block.dwconv(x.transpose(1, 2)).transpose(1, 2)
     h = block.act(block.pwconv1(block.norm(h)))
