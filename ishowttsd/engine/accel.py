@@ -479,6 +479,8 @@ class FastSolver:
         granularity: int = BUCKET_FRAMES,
         dynamic: bool = True,
     ) -> None:
+        if getattr(dit.text_embed, "average_upsampling", False):
+            raise ValueError("the fast path does not support text_embedding_average_upsampling")
         self.dit = dit
         self.device = device
         self.granularity = granularity
@@ -486,10 +488,7 @@ class FastSolver:
         self.graphs_enabled = graphs and device.type == "cuda"
         self.regions = compiled_regions(dynamic) if compile else EAGER
         self.step: StepFn = functools.partial(masked_step, self.regions)
-        self.dynamic = dynamic
         self.weights = fast_weights(dit)
-        if getattr(dit.text_embed, "average_upsampling", False):
-            raise ValueError("the fast path does not support text_embedding_average_upsampling")
         self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
         self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_enabled else None
@@ -510,7 +509,7 @@ class FastSolver:
                 # The first capture also compiles and initialises cuBLAS/cuDNN: warm it up
                 # a few times; later buckets reuse all that and need one run.
                 warmups = 1 if self.graph_count else 3
-                found.capture(self.step, self._pool, self.device, self.compiled and self.dynamic, warmups)
+                found.capture(self.step, self._pool, self.device, self.regions.dynamic, warmups)
                 self.capture_s += time.perf_counter() - t0
                 log.debug("captured bucket graphs", extra={"frames": frames, "rows": rows, "guided": guided})
             self._buckets[key] = found
