@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=1457)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--ab-rotation", action="store_true", help="also time the q/k rotation left to inductor")
     args = ap.parse_args()
     device = torch.device("cuda")
     eng = Engine.load(ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda"), vocoder="untrained")
@@ -85,6 +86,20 @@ def main() -> None:
         with sampler.exact_length_convs(device):
             voc = cuda_ms(lambda: eng.vocoder(mel))
         print(f"DIAG frames {frames} (bucket {accel.bucket(frames)}): vocoder {voc:.2f} ms")
+        if args.ab_rotation:
+            # The same solver with q/k/v split and rotated by inductor instead of
+            # kernels.rotate_qkv, on the same card in one process.
+            other = accel.FastSolver(eng.dit, eng.device, compile=not args.no_compile, graphs=True)
+            other.weights = other.weights._replace(fused_rotation=False)
+            other.precapture([frames])
+            got_o = other.sample(ref_mel, ids, frames, **kw)
+            t_o = cuda_ms(lambda: other.sample(ref_mel, ids, frames, **kw))
+            t_k = cuda_ms(lambda: fast.sample(ref_mel, ids, frames, **kw))
+            print(
+                f"DIAG rotation: Triton rotate_qkv {t_k:.2f} ms, inductor {t_o:.2f} ms "
+                f"(relative to fp32 {rel(got):.2e} and {rel(got_o):.2e})",
+                flush=True,
+            )
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

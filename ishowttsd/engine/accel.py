@@ -133,13 +133,13 @@ def rope_tables(dit: DiTModule, frames: int, half_split: bool) -> Rope:
 def _rotate(t: Tensor, rope: Rope, half_split: bool) -> Tensor:
     """x-transformers' ``apply_rotary_pos_emb`` on (G, N, H, d), with precomputed tables."""
     cos, sin = rope
+    if half_split:
+        return kernels.rotate_halves(t, cos, sin)
+    # upstream's layout: the pairs (2i, 2i + 1) rotate together
     rot = cos.shape[-1]
     head, rest = t[..., :rot].float(), t[..., rot:]
-    if half_split:
-        half = torch.cat((-head[..., rot // 2 :], head[..., : rot // 2]), dim=-1)
-    else:  # upstream's layout: the pairs (2i, 2i + 1) rotate together
-        pairs = head.unflatten(-1, (-1, 2))
-        half = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    pairs = head.unflatten(-1, (-1, 2))
+    half = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
     return torch.cat(((head * cos + half * sin).to(t.dtype), rest), dim=-1)
 
 
@@ -187,37 +187,56 @@ class FastWeights(NamedTuple):
     qkv: QKV  # per block: q, k, v projections as one matmul
     conv: tuple[tuple[Tensor, Tensor], ...]  # the position embedding's two grouped convs
     half_split: bool  # q/k rows reordered for rotation by halves (see fused_qkv)
+    fused_rotation: bool  # split + rotate q/k/v in one kernel (kernels.rotate_qkv)
 
 
 def fast_weights(dit: DiTModule) -> FastWeights:
     # A per-dimension q/k norm would need its weights reordered too; keep upstream's order then.
-    half_split = all(b.attn.q_norm is None and b.attn.k_norm is None for b in dit.transformer_blocks)
+    blocks = dit.transformer_blocks
+    half_split = all(b.attn.q_norm is None and b.attn.k_norm is None for b in blocks)
+    # The kernel rotates whole heads: every head, and the rotary width is the head width.
+    rot = dit.rotary_embed.inv_freq.shape[0] * 2
+    whole_heads = all(
+        b.attn.processor.pe_attn_head is None and b.attn.to_q.out_features == b.attn.heads * rot for b in blocks
+    )
     convs = [m for m in dit.input_embed.conv_pos_embed.conv1d if isinstance(m, torch.nn.Conv1d)]
     return FastWeights(
         qkv=fused_qkv(dit, half_split),
         conv=tuple(kernels.conv_weight(m) for m in convs),
         half_split=half_split,
+        fused_rotation=half_split and whole_heads,
     )
 
 
 def _block(
-    block: Any, qkv: tuple[Tensor, Tensor | None], half_split: bool, x: Tensor, t: Tensor, rope: Rope, key_mask: Tensor
+    block: Any,
+    qkv: tuple[Tensor, Tensor | None],
+    rotation: tuple[bool, bool],
+    x: Tensor,
+    t: Tensor,
+    rope: Rope,
+    key_mask: Tensor,
 ) -> Tensor:
-    """``DiTBlock.forward`` attending to the real keys only (dropout is off in eval)."""
+    """``DiTBlock.forward`` attending to the real keys only (dropout is off in eval).
+    ``rotation`` is (half_split, fused_rotation) from :class:`FastWeights`."""
+    half_split, fused_rotation = rotation
     norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.attn_norm(x, emb=t)
     attn = block.attn
     g, n = norm.shape[0], norm.shape[1]
-    q, k, v = F.linear(norm, *qkv).view(g, n, 3, attn.heads, -1).unbind(2)
-    if attn.q_norm is not None:
-        q = attn.q_norm(q)
-    if attn.k_norm is not None:
-        k = attn.k_norm(k)
-    pn = attn.processor.pe_attn_head
-    if pn is None:
-        q, k = _rotate(q, rope, half_split), _rotate(k, rope, half_split)
-    else:  # F5TTS_Base: RoPE on the first pn heads only
-        q = torch.cat((_rotate(q[:, :, :pn], rope, half_split), q[:, :, pn:]), dim=2)
-        k = torch.cat((_rotate(k[:, :, :pn], rope, half_split), k[:, :, pn:]), dim=2)
+    if fused_rotation:
+        q, k, v = kernels.rotate_qkv(F.linear(norm, *qkv), rope[0], rope[1], attn.heads)
+    else:
+        q, k, v = F.linear(norm, *qkv).view(g, n, 3, attn.heads, -1).unbind(2)
+        if attn.q_norm is not None:
+            q = attn.q_norm(q)
+        if attn.k_norm is not None:
+            k = attn.k_norm(k)
+        pn = attn.processor.pe_attn_head
+        if pn is None:
+            q, k = _rotate(q, rope, half_split), _rotate(k, rope, half_split)
+        else:  # F5TTS_Base: RoPE on the first pn heads only
+            q = torch.cat((_rotate(q[:, :, :pn], rope, half_split), q[:, :, pn:]), dim=2)
+            k = torch.cat((_rotate(k[:, :, :pn], rope, half_split), k[:, :, pn:]), dim=2)
     o = masked_attention(q, k, v, key_mask).reshape(g, n, -1)
     x = x + gate_msa.unsqueeze(1) * attn.to_out[0](o)
     norm = block.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
@@ -307,7 +326,7 @@ def masked_step(
     key_mask = _key_mask(mask, text.shape[0])
     residual = h
     for block, qkv in zip(dit.transformer_blocks, weights.qkv, strict=True):
-        h = regions.block(block, qkv, weights.half_split, h, t_emb, rope, key_mask)
+        h = regions.block(block, qkv, (weights.half_split, weights.fused_rotation), h, t_emb, rope, key_mask)
     return regions.finish(dit, h, residual, t_emb, x, dt, cfg)
 
 

@@ -8,6 +8,11 @@ The Triton kernel below is an implicit GEMM: each program owns a tile of output 
 one group and accumulates the 31 taps as 31 small tensor-core products, reading the input tile
 from L2 instead of materialising it.
 
+q/k rotation (RoPE) for the attention.  Inductor's fused kernel for the rotation and the copies
+that feed attention ran at about 1.2 TB/s, 12% of a solve (bench/NOTES.md item 18).  The kernel
+below reads the fused q/k/v projection once and writes q and k rotated, and v, straight into the
+(G, H, N, d) layout that SDPA reads, so nothing is copied again.
+
 Every kernel is a ``torch.library`` custom op with a fake implementation, so ``torch.compile``
 keeps it as one opaque call and CUDA graphs capture it; off CUDA (or without Triton) the op
 computes the same thing with PyTorch, which is what the CPU tests run.
@@ -79,6 +84,87 @@ if triton is not None:
         acc += tl.load(b_ptr + group * PER + chans).to(tl.float32)[None, :]
         out = out_ptr + batch * stride_ob + rows[:, None] * stride_on + group * PER + chans[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rows < n)[:, None])
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rotate_qkv_kernel(  # type: ignore[no-untyped-def]
+        qkv_ptr,
+        cos_ptr,
+        sin_ptr,
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        rows,
+        n,
+        HEADS: tl.constexpr,
+        D: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+    ):
+        pid_t = tl.program_id(0)
+        head = tl.program_id(1)
+        t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)  # token row in [0, G * N)
+        live = (t < rows)[:, None]
+        pos = t % n
+        half = tl.arange(0, D // 2)
+        full = tl.arange(0, D)
+        src = qkv_ptr + t[:, None] * (3 * HEADS * D) + head * D
+        # (G, H, N, d): row g * H * N + head * N + pos
+        dst = ((t // n) * HEADS + head) * n + pos
+        c = tl.load(cos_ptr + pos[:, None] * D + half[None, :], mask=live, other=0.0)
+        s = tl.load(sin_ptr + pos[:, None] * D + half[None, :], mask=live, other=0.0)
+        for part in tl.static_range(2):  # q, then k
+            x1 = tl.load(src + part * HEADS * D + half[None, :], mask=live, other=0.0).to(tl.float32)
+            x2 = tl.load(src + part * HEADS * D + D // 2 + half[None, :], mask=live, other=0.0).to(tl.float32)
+            out = (q_ptr if part == 0 else k_ptr) + dst[:, None] * D
+            tl.store(out + half[None, :], (x1 * c - x2 * s).to(q_ptr.dtype.element_ty), mask=live)
+            tl.store(out + D // 2 + half[None, :], (x2 * c + x1 * s).to(q_ptr.dtype.element_ty), mask=live)
+        v = tl.load(src + 2 * HEADS * D + full[None, :], mask=live, other=0.0)
+        tl.store(v_ptr + dst[:, None] * D + full[None, :], v, mask=live)
+
+
+def rotate_halves(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on (G, N, H, d) whose rotated pairs sit half a head apart, tables (1, N, 1, rot)."""
+    rot = cos.shape[-1]
+    head, rest = t[..., :rot].float(), t[..., rot:]
+    half = torch.cat((-head[..., rot // 2 :], head[..., : rot // 2]), dim=-1)
+    return torch.cat(((head * cos + half * sin).to(t.dtype), rest), dim=-1)
+
+
+def _heads_major(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Empty q, k, v for a fused (G, N, 3 * H * d) projection: (G, N, H, d) tensors stored as
+    (G, H, N, d), SDPA's own layout."""
+    g, n, width = qkv.shape
+    d = width // (3 * heads)
+
+    def one() -> Tensor:
+        return torch.empty(g, heads, n, d, dtype=qkv.dtype, device=qkv.device).transpose(1, 2)
+
+    return one(), one(), one()
+
+
+@torch.library.custom_op("ishowttsd::rotate_qkv", mutates_args=())
+def rotate_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Split the fused (G, N, 3 * H * d) projection into q, k, v of shape (G, N, H, d), stored
+    as (G, H, N, d), with q and k rotated by halves (tables (1, N, 1, d) from the fast path)."""
+    g, n, width = qkv.shape
+    d = width // (3 * heads)
+    outs = _heads_major(qkv, heads)
+    if qkv.is_cuda and triton is not None and cos.shape[-1] == d and qkv.is_contiguous():
+        block = 64
+        grid = (triton.cdiv(g * n, block), heads)
+        _rotate_qkv_kernel[grid](qkv, cos, sin, *outs, g * n, n, HEADS=heads, D=d, BLOCK_T=block, num_warps=4)
+        return outs
+    q, k, v = qkv.view(g, n, 3, heads, d).unbind(2)
+    for out, value in zip(outs, (rotate_halves(q, cos, sin), rotate_halves(k, cos, sin), v), strict=True):
+        out.copy_(value)
+    return outs
+
+
+@rotate_qkv.register_fake
+def _rotate_qkv_fake(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _heads_major(qkv, heads)
 
 
 @torch.library.custom_op("ishowttsd::grouped_conv1d", mutates_args=())

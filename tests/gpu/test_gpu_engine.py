@@ -197,3 +197,21 @@ def test_masked_attention_ignores_padded_keys(torch_cuda: Any) -> None:
         k2[:, real:] = 7.0
         v2[:, real:] = -7.0
         assert torch.equal(accel.masked_attention(q, k2, v2, key_mask), accel.masked_attention(q, k, v, key_mask))
+
+
+def test_rotate_qkv_kernel_matches_torch(torch_cuda: Any) -> None:
+    """The Triton q/k/v split + rotation (engine/kernels.py) equals its PyTorch fallback."""
+    from ishowttsd.engine import kernels
+
+    torch = torch_cuda
+    torch.manual_seed(0)
+    for g, n in ((2, 1472), (1, 97)):
+        qkv = torch.randn(g, n, 3 * 16 * 64, device="cuda", dtype=torch.float16)
+        angles = torch.randn(n, 32, device="cuda")
+        angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
+        cos, sin = angles.cos(), angles.sin()
+        got = kernels.rotate_qkv(qkv, cos, sin, 16)
+        want = kernels.rotate_qkv(qkv.cpu(), cos.cpu(), sin.cpu(), 16)
+        for a, b in zip(got, want, strict=True):
+            assert a.shape == b.shape and a.stride() == b.stride()
+            assert float((a.float().cpu() - b.float()).abs().max()) < 2e-3
