@@ -26,3 +26,23 @@ def cuda_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 5) -> flo
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def graph_ms(fn: Callable[[], object], calls: int = 20, repeats: int = 20) -> float:
+    """Median GPU milliseconds per call of ``fn``, replayed from one CUDA graph of ``calls`` calls.
+
+    For kernels of a tenth of a millisecond, timing single calls counts the host's launch
+    latency too (the start event fires before the host has launched the kernel); a graph
+    replay launches them back to back, as the fast path's own graphs do.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return cuda_ms(graph.replay, repeats=repeats) / calls

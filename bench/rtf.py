@@ -418,14 +418,15 @@ def gpu_process_memory(pid: int) -> float | None:
     return None
 
 
-async def _speech(session: Any, url: str, text: str, *, stream: bool = False, fmt: str = "wav") -> tuple[float, float,
-                                                                                                        int]:
+async def _speech(session: Any, url: str, text: str, *, stream: bool = False, fmt: str = "wav",
+                  request_id: str = "") -> tuple[float, float, int]:
     """One request: (total seconds, seconds to first audio byte, audio bytes)."""
     body = {"input": text, "voice": "default", "response_format": fmt, "stream": stream, "nfe": 7, "seed": SEED}
+    headers = {"X-Request-Id": request_id} if request_id else {}
     t0 = time.perf_counter()
     first = None
     n = 0
-    async with session.post(url + "/v1/audio/speech", json=body) as r:
+    async with session.post(url + "/v1/audio/speech", json=body, headers=headers) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {(await r.text())[:200]}")
         async for piece in r.content.iter_any():
@@ -444,8 +445,8 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
         for _ in range(args.warmup + 1):
             await _speech(session, url, text)
         lat, nbytes = [], 0
-        for _ in range(args.repeats):
-            t, _, nbytes = await _speech(session, url, text)
+        for i in range(args.repeats):
+            t, _, nbytes = await _speech(session, url, text, request_id=f"{WAV_ID}{i}")
             lat.append(t)
         audio_s = (nbytes - 44) / 2 / 24000
         out["wav"] = {**stats(lat), "audio_s": audio_s, "rtf": statistics.median(lat) / audio_s}
@@ -473,6 +474,32 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
             out["throughput"][clients] = {"requests": per * clients, "audio_s": sum(audio), "wall_s": wall,
                                           "audio_s_per_s": sum(audio) / wall}
             say(f"throughput {clients} clients: {sum(audio) / wall:.1f} audio-s/s")
+    return out
+
+
+WAV_ID = "bench-wav-"
+
+
+def server_side(log: Path, latency_median: float) -> dict[str, float]:
+    """Where the timed WAV requests' time went inside the daemon, from its own log lines.
+
+    The client's median minus the engine's, the queue's and the encoder's medians is what
+    HTTP and the hand-offs between the event loop and the worker thread cost.
+    """
+    fields: dict[str, list[float]] = {"total_s": [], "queue_wait_s": [], "encode_s": []}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == "synthesis done" and str(rec.get("request_id", "")).startswith(WAV_ID):
+            for name, values in fields.items():
+                values.append(float(rec.get(name, 0.0)))
+    if not fields["total_s"]:
+        return {}
+    out = {f"engine_{k}" if k == "total_s" else k: statistics.median(v) for k, v in fields.items()}
+    out["http_and_handoffs_s"] = latency_median - sum(out.values())
+    out["requests"] = len(fields["total_s"])
     return out
 
 
@@ -505,6 +532,8 @@ def daemon_phase(args: argparse.Namespace, res: Results) -> dict[str, Any]:
         say(f"daemon READY ({key}) in {out[key]:.1f} s")
         res.put("daemon", out)
         out.update(asyncio.run(http_bench(url, args, text)))
+        out["wav_server_side"] = server_side(work / "daemon.jsonl", out["wav"]["median"])
+        say(f"http wav, inside the daemon (medians): {out['wav_server_side']}")
         out["process_gpu_mem_mib"] = gpu_process_memory(d.proc.pid)
         res.put("daemon", out)
         if args.self_check:
@@ -576,6 +605,11 @@ def table(data: dict[str, Any]) -> str:
         lines.append("stock by NFE: " + ", ".join(f"{k}: {r['rtf']:.4f} ({ms(r['median'])} ms)"
                                                  for k, r in sorted(stock.items(), key=lambda kv: -int(kv[0]))))
     if daemon:
+        side = daemon.get("wav_server_side")
+        if side:
+            lines.append(f"HTTP e2e inside the daemon (medians): engine {ms(side['engine_total_s'])} ms, "
+                         f"queue {ms(side['queue_wait_s'])} ms, encode {ms(side['encode_s'])} ms, "
+                         f"HTTP and hand-offs {ms(side['http_and_handoffs_s'])} ms")
         if "stream_first_audio" in daemon:
             lines.append(f"HTTP stream first audio: median {ms(daemon['stream_first_audio']['median'])} ms, "
                          f"p95 {ms(daemon['stream_first_audio']['p95'])} ms")

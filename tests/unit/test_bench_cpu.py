@@ -39,5 +39,8 @@ def test_bench_tiny_cpu(tmp_path: Path) -> None:
     assert daemon["wav"]["audio_s"] > 1 and daemon["stream_first_audio"]["median"] > 0
     assert set(daemon["throughput"]) == {"1", "4"}
     assert daemon["cold_start_empty_cache_s"] > 0
+    # the timed WAV request's own log line, found by its request id
+    side = daemon["wav_server_side"]
+    assert side["requests"] == 1 and 0 < side["engine_total_s"] < daemon["wav"]["median"]
     table = (out / "table.md").read_text()
     assert "stock infer_process" in table and "HTTP e2e" in table
