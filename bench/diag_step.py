@@ -13,6 +13,7 @@ Usage: python3 bench/diag_step.py [--frames 1457] [--no-compile] [--profile]
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,12 +29,26 @@ from ishowttsd.engine.spec import ModelSpec, VoiceSpec
 TEXT = "Welcome back to the stream everyone, thanks for the follows and the subs today. " * 3
 
 
+# --ab NAME: what is undone, and the FastWeights fields that undo it
+AB = {
+    "rotation": ("kernels.rotate_qkv (undone: inductor rotates)", {"fused_rotation": False, "key_column": False}),
+    "key-column": ("the key-validity column + cuDNN (undone: SDPA's mask)", {"key_column": False}),
+    "gelu-epilogue": ("bias + GELU in the matmul epilogue (undone: inductor's kernel)", {"gelu_epilogue": False}),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=1457)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--ab-rotation", action="store_true", help="also time the q/k rotation left to inductor")
+    ap.add_argument(
+        "--ab",
+        choices=sorted(AB),
+        action="append",
+        default=[],
+        help="also time the solve with one fast-path choice undone (same card, same process)",
+    )
     args = ap.parse_args()
     device = torch.device("cuda")
     eng = Engine.load(ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda"), vocoder="untrained")
@@ -86,18 +101,23 @@ def main() -> None:
         with sampler.exact_length_convs(device):
             voc = cuda_ms(lambda: eng.vocoder(mel))
         print(f"DIAG frames {frames} (bucket {accel.bucket(frames)}): vocoder {voc:.2f} ms")
-        if args.ab_rotation:
-            # The same solver with q/k/v split and rotated by inductor instead of
-            # kernels.rotate_qkv, on the same card in one process.
+        for name in args.ab:
             other = accel.FastSolver(eng.dit, eng.device, compile=not args.no_compile, graphs=True)
-            other.weights = other.weights._replace(fused_rotation=False)
+            other.weights = other.weights._replace(**AB[name][1])
+            t0 = time.perf_counter()
             other.precapture([frames])
+            capture = time.perf_counter() - t0
             got_o = other.sample(ref_mel, ids, frames, **kw)
-            t_o = cuda_ms(lambda: other.sample(ref_mel, ids, frames, **kw))
-            t_k = cuda_ms(lambda: fast.sample(ref_mel, ids, frames, **kw))
+            # Alternate the two, five rounds each: clocks and temperature drift by a few percent
+            # within a minute, more than some of the differences measured here.
+            rounds_k, rounds_o = [], []
+            for _ in range(5):
+                rounds_k.append(cuda_ms(lambda: fast.sample(ref_mel, ids, frames, **kw)))
+                rounds_o.append(cuda_ms(lambda other=other: other.sample(ref_mel, ids, frames, **kw)))
+            t_k, t_o = statistics.median(rounds_k), statistics.median(rounds_o)
             print(
-                f"DIAG rotation: Triton rotate_qkv {t_k:.2f} ms, inductor {t_o:.2f} ms "
-                f"(relative to fp32 {rel(got):.2e} and {rel(got_o):.2e})",
+                f"DIAG A/B {AB[name][0]}: fast path {t_k:.2f} ms, without {t_o:.2f} ms "
+                f"(relative to fp32 {rel(got):.2e} and {rel(got_o):.2e}; its first bucket {capture:.1f} s)",
                 flush=True,
             )
         if args.profile:

@@ -107,6 +107,49 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tenso
     return o.transpose(1, 2)
 
 
+def key_bias(mask: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
+    """The keys' validity-column entries (G, N) from the (B, N) frame mask: 0 for a real frame,
+    ``kernels.KEY_PAD_BIAS`` for padding (see :func:`column_attention`)."""
+    return torch.where(_cfg_rows(mask, groups), 0.0, kernels.KEY_PAD_BIAS).to(dtype)
+
+
+def column_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Exact attention over padded keys without a mask: q and k (G, N, H, 2d) carry the
+    validity column of ``kernels.rotate_qkv``, v is (G, N, H, d).
+
+    Each real score is unchanged (the column adds 1 * 0) and each padded one drops by 7500, so
+    its weight is exactly 0; the scale is d's, not 2d's.  On CUDA it runs cuDNN's kernel, which
+    takes q/k wider than v: 0.060 ms a layer against 0.086 ms for SDPA with the mask on the
+    H100 (bench/NOTES.md item 19).  Elsewhere SDPA's own kernels give the same result.
+    """
+    scale = v.shape[-1] ** -0.5
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if q.is_cuda:
+        o = torch.ops.aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, False, scale=scale)[0]
+    else:
+        o = F.scaled_dot_product_attention(qt, kt, vt, scale=scale)
+    return o.transpose(1, 2)
+
+
+def column_attention_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`column_attention` runs here: cuDNN's attention wants fp16/bf16 and a
+    recent cuDNN (older builds raise); off CUDA it always runs."""
+    if device.type != "cuda":
+        return True
+    try:
+        gen = torch.Generator(device=device).manual_seed(0)
+        q, k = (torch.randn(2, 64, 2, 128, device=device, dtype=dtype, generator=gen) for _ in range(2))
+        v = torch.randn(2, 64, 2, 64, device=device, dtype=dtype, generator=gen)
+        got = column_attention(q, k, v).float()
+        want = F.scaled_dot_product_attention(
+            q.float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2), scale=64**-0.5
+        ).transpose(1, 2)
+        return bool((got - want).abs().max() < 1e-2)
+    except RuntimeError as exc:
+        log.info("cuDNN attention unavailable (%s); padded keys are masked instead", str(exc)[:200])
+        return False
+
+
 Rope = tuple[Tensor, Tensor]
 
 
@@ -188,6 +231,40 @@ class FastWeights(NamedTuple):
     conv: tuple[tuple[Tensor, Tensor], ...]  # the position embedding's two grouped convs
     half_split: bool  # q/k rows reordered for rotation by halves (see fused_qkv)
     fused_rotation: bool  # split + rotate q/k/v in one kernel (kernels.rotate_qkv)
+    key_column: bool  # that kernel adds the validity column: column_attention, no mask
+    gelu_epilogue: bool  # feed-forward's bias + GELU run in its first matmul (_feed_forward)
+
+    def block_plan(self) -> BlockPlan:
+        return BlockPlan(self.half_split, self.fused_rotation, self.key_column, self.gelu_epilogue)
+
+
+class BlockPlan(NamedTuple):
+    """What :func:`_block` needs to know, as constants the compiled block is specialised on."""
+
+    half_split: bool
+    fused_rotation: bool
+    key_column: bool
+    gelu_epilogue: bool
+
+
+def _tanh_gelu_ff(block: Any) -> bool:
+    """Whether a block's feed-forward is upstream's Linear -> GELU(tanh) -> Linear."""
+    try:
+        linear, act = block.ff.ff[0]
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return isinstance(act, torch.nn.GELU) and act.approximate == "tanh" and linear.bias is not None
+
+
+def _feed_forward(ff: Any, x: Tensor, epilogue: bool) -> Tensor:
+    """Upstream's ``FeedForward`` (dropout is off in eval).  With ``epilogue`` the bias and the
+    tanh GELU are applied by cuBLASLt inside the first matmul, which spares a pass over the
+    (G, N, 2048) activations in every block (bench/NOTES.md item 20)."""
+    if not epilogue:
+        return ff(x)
+    linear, _ = ff.ff[0]
+    flat = torch._addmm_activation(linear.bias, x.reshape(-1, x.shape[-1]), linear.weight.t(), use_gelu=True)
+    return ff.ff[2](flat.view(*x.shape[:-1], -1))
 
 
 def fast_weights(dit: DiTModule) -> FastWeights:
@@ -200,31 +277,38 @@ def fast_weights(dit: DiTModule) -> FastWeights:
         b.attn.processor.pe_attn_head is None and b.attn.to_q.out_features == b.attn.heads * rot for b in blocks
     )
     convs = [m for m in dit.input_embed.conv_pos_embed.conv1d if isinstance(m, torch.nn.Conv1d)]
+    weight = dit.proj_out.weight
+    fused_rotation = half_split and whole_heads
     return FastWeights(
         qkv=fused_qkv(dit, half_split),
         conv=tuple(kernels.conv_weight(m) for m in convs),
         half_split=half_split,
-        fused_rotation=half_split and whole_heads,
+        fused_rotation=fused_rotation,
+        key_column=fused_rotation and column_attention_works(weight.device, weight.dtype),
+        # cuBLASLt's GELU epilogue is the tanh form, upstream's choice for the DiT blocks.
+        gelu_epilogue=weight.is_cuda and all(_tanh_gelu_ff(b) for b in blocks),
     )
 
 
 def _block(
     block: Any,
     qkv: tuple[Tensor, Tensor | None],
-    rotation: tuple[bool, bool],
+    plan: BlockPlan,
     x: Tensor,
     t: Tensor,
     rope: Rope,
-    key_mask: Tensor,
+    keys: Tensor,
 ) -> Tensor:
     """``DiTBlock.forward`` attending to the real keys only (dropout is off in eval).
-    ``rotation`` is (half_split, fused_rotation) from :class:`FastWeights`."""
-    half_split, fused_rotation = rotation
+    ``plan`` is :meth:`FastWeights.block_plan`; ``keys`` the (G, N) :func:`key_bias` with the
+    key column, else the (G, 1, 1, N) mask."""
+    half_split, fused_rotation, key_column, gelu_epilogue = plan
     norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.attn_norm(x, emb=t)
     attn = block.attn
     g, n = norm.shape[0], norm.shape[1]
     if fused_rotation:
-        q, k, v = kernels.rotate_qkv(F.linear(norm, *qkv), rope[0], rope[1], attn.heads)
+        column = keys if key_column else None
+        q, k, v = kernels.rotate_qkv(F.linear(norm, *qkv), rope[0], rope[1], attn.heads, column)
     else:
         q, k, v = F.linear(norm, *qkv).view(g, n, 3, attn.heads, -1).unbind(2)
         if attn.q_norm is not None:
@@ -237,10 +321,11 @@ def _block(
         else:  # F5TTS_Base: RoPE on the first pn heads only
             q = torch.cat((_rotate(q[:, :, :pn], rope, half_split), q[:, :, pn:]), dim=2)
             k = torch.cat((_rotate(k[:, :, :pn], rope, half_split), k[:, :, pn:]), dim=2)
-    o = masked_attention(q, k, v, key_mask).reshape(g, n, -1)
+    o = column_attention(q, k, v) if key_column else masked_attention(q, k, v, keys)
+    o = o.reshape(g, n, -1)
     x = x + gate_msa.unsqueeze(1) * attn.to_out[0](o)
     norm = block.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-    return x + gate_mlp.unsqueeze(1) * block.ff(norm)
+    return x + gate_mlp.unsqueeze(1) * _feed_forward(block.ff, norm, gelu_epilogue)
 
 
 def _embed_input(dit: DiTModule, weights: FastWeights, x: Tensor, cond: Tensor, text: Tensor, mask: Tensor) -> Tensor:
@@ -323,10 +408,12 @@ def masked_step(
     h = regions.embed(dit, weights, x, cond, text, mask)
     if regions.dynamic:
         torch._dynamo.maybe_mark_dynamic(h, 1)
-    key_mask = _key_mask(mask, text.shape[0])
+    groups = text.shape[0]
+    keys = key_bias(mask, groups, h.dtype) if weights.key_column else _key_mask(mask, groups)
+    plan = weights.block_plan()
     residual = h
     for block, qkv in zip(dit.transformer_blocks, weights.qkv, strict=True):
-        h = regions.block(block, qkv, (weights.half_split, weights.fused_rotation), h, t_emb, rope, key_mask)
+        h = regions.block(block, qkv, plan, h, t_emb, rope, keys)
     return regions.finish(dit, h, residual, t_emb, x, dt, cfg)
 
 

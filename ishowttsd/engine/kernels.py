@@ -11,7 +11,9 @@ from L2 instead of materialising it.
 q/k rotation (RoPE) for the attention.  Inductor's fused kernel for the rotation and the copies
 that feed attention ran at about 1.2 TB/s, 12% of a solve (bench/NOTES.md item 18).  The kernel
 below reads the fused q/k/v projection once and writes q and k rotated, and v, straight into the
-(G, H, N, d) layout that SDPA reads, so nothing is copied again.
+(G, H, N, d) layout that SDPA reads, so nothing is copied again.  It can also append the
+key-validity column that lets an unmasked attention kernel ignore padded keys exactly
+(bench/NOTES.md item 19).
 
 Every kernel is a ``torch.library`` custom op with a fake implementation, so ``torch.compile``
 keeps it as one opaque call and CUDA graphs capture it; off CUDA (or without Triton) the op
@@ -93,6 +95,7 @@ if triton is not None:
         qkv_ptr,
         cos_ptr,
         sin_ptr,
+        bias_ptr,
         q_ptr,
         k_ptr,
         v_ptr,
@@ -100,6 +103,8 @@ if triton is not None:
         n,
         HEADS: tl.constexpr,
         D: tl.constexpr,
+        COLUMN: tl.constexpr,
+        QK_WIDTH: tl.constexpr,
         BLOCK_T: tl.constexpr,
     ):
         pid_t = tl.program_id(0)
@@ -110,18 +115,31 @@ if triton is not None:
         half = tl.arange(0, D // 2)
         full = tl.arange(0, D)
         src = qkv_ptr + t[:, None] * (3 * HEADS * D) + head * D
-        # (G, H, N, d): row g * H * N + head * N + pos
+        # (G, H, N, width): row g * H * N + head * N + pos; q and k are 2 * D wide with the column
         dst = ((t // n) * HEADS + head) * n + pos
         c = tl.load(cos_ptr + pos[:, None] * D + half[None, :], mask=live, other=0.0)
         s = tl.load(sin_ptr + pos[:, None] * D + half[None, :], mask=live, other=0.0)
         for part in tl.static_range(2):  # q, then k
             x1 = tl.load(src + part * HEADS * D + half[None, :], mask=live, other=0.0).to(tl.float32)
             x2 = tl.load(src + part * HEADS * D + D // 2 + half[None, :], mask=live, other=0.0).to(tl.float32)
-            out = (q_ptr if part == 0 else k_ptr) + dst[:, None] * D
+            out = (q_ptr if part == 0 else k_ptr) + dst[:, None] * QK_WIDTH
             tl.store(out + half[None, :], (x1 * c - x2 * s).to(q_ptr.dtype.element_ty), mask=live)
             tl.store(out + D // 2 + half[None, :], (x2 * c + x1 * s).to(q_ptr.dtype.element_ty), mask=live)
+            if COLUMN:
+                # q: 1 then zeros; k: the key's bias (0 or KEY_PAD_BIAS) then zeros
+                if part == 0:
+                    first = tl.full((BLOCK_T,), 1.0, tl.float32)
+                else:
+                    first = tl.load(bias_ptr + t, mask=t < rows, other=0.0).to(tl.float32)
+                extra = tl.where(full[None, :] == 0, first[:, None], 0.0)
+                tl.store(out + D + full[None, :], extra.to(q_ptr.dtype.element_ty), mask=live)
         v = tl.load(src + 2 * HEADS * D + full[None, :], mask=live, other=0.0)
         tl.store(v_ptr + dst[:, None] * D + full[None, :], v, mask=live)
+
+
+# A padded key's entry in the validity column: with q's 1 there its score drops by
+# 60000 * scale (7500 at d = 64), so its softmax weight is exactly 0 in fp32.  Fits fp16.
+KEY_PAD_BIAS = -60000.0
 
 
 def rotate_halves(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -132,39 +150,71 @@ def rotate_halves(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat(((head * cos + half * sin).to(t.dtype), rest), dim=-1)
 
 
-def _heads_major(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Empty q, k, v for a fused (G, N, 3 * H * d) projection: (G, N, H, d) tensors stored as
-    (G, H, N, d), SDPA's own layout."""
+def _heads_major(qkv: Tensor, heads: int, column: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Empty q, k, v for a fused (G, N, 3 * H * d) projection: (G, N, H, width) tensors stored
+    as (G, H, N, width), SDPA's own layout; q and k are 2d wide with the validity column."""
     g, n, width = qkv.shape
     d = width // (3 * heads)
 
-    def one() -> Tensor:
-        return torch.empty(g, heads, n, d, dtype=qkv.dtype, device=qkv.device).transpose(1, 2)
+    def one(w: int) -> Tensor:
+        return torch.empty(g, heads, n, w, dtype=qkv.dtype, device=qkv.device).transpose(1, 2)
 
-    return one(), one(), one()
+    qk = 2 * d if column else d
+    return one(qk), one(qk), one(d)
 
 
 @torch.library.custom_op("ishowttsd::rotate_qkv", mutates_args=())
-def rotate_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Split the fused (G, N, 3 * H * d) projection into q, k, v of shape (G, N, H, d), stored
-    as (G, H, N, d), with q and k rotated by halves (tables (1, N, 1, d) from the fast path)."""
+def rotate_qkv(
+    qkv: Tensor, cos: Tensor, sin: Tensor, heads: int, key_bias: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Split the fused (G, N, 3 * H * d) projection into q, k, v of shape (G, N, H, .), stored
+    as (G, H, N, .), with q and k rotated by halves (tables (1, N, 1, d) from the fast path).
+
+    With ``key_bias`` ((G, N): 0 for a real key, :data:`KEY_PAD_BIAS` for padding) q and k get
+    a validity column: q is 2d wide with [1, 0, ...] after its d values, k has [bias, 0, ...].
+    Unmasked attention with the scale of d then ignores the padded keys exactly (see
+    ``accel.column_attention``); the width 2d is the one cuDNN's fastest kernels take.
+    """
     g, n, width = qkv.shape
     d = width // (3 * heads)
-    outs = _heads_major(qkv, heads)
+    column = key_bias is not None
+    outs = _heads_major(qkv, heads, column)
     if qkv.is_cuda and triton is not None and cos.shape[-1] == d and qkv.is_contiguous():
         block = 64
         grid = (triton.cdiv(g * n, block), heads)
-        _rotate_qkv_kernel[grid](qkv, cos, sin, *outs, g * n, n, HEADS=heads, D=d, BLOCK_T=block, num_warps=4)
+        bias = key_bias.contiguous() if key_bias is not None else cos
+        _rotate_qkv_kernel[grid](
+            qkv,
+            cos,
+            sin,
+            bias,
+            *outs,
+            g * n,
+            n,
+            HEADS=heads,
+            D=d,
+            COLUMN=column,
+            QK_WIDTH=outs[0].shape[-1],
+            BLOCK_T=block,
+            num_warps=4,
+        )
         return outs
     q, k, v = qkv.view(g, n, 3, heads, d).unbind(2)
-    for out, value in zip(outs, (rotate_halves(q, cos, sin), rotate_halves(k, cos, sin), v), strict=True):
+    q, k = rotate_halves(q, cos, sin), rotate_halves(k, cos, sin)
+    if key_bias is not None:
+        zeros = q.new_zeros(g, n, heads, d - 1)
+        q = torch.cat((q, q.new_ones(g, n, heads, 1), zeros), dim=-1)
+        k = torch.cat((k, key_bias.to(k.dtype)[:, :, None, None].expand(g, n, heads, 1), zeros), dim=-1)
+    for out, value in zip(outs, (q, k, v), strict=True):
         out.copy_(value)
     return outs
 
 
 @rotate_qkv.register_fake
-def _rotate_qkv_fake(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    return _heads_major(qkv, heads)
+def _rotate_qkv_fake(
+    qkv: Tensor, cos: Tensor, sin: Tensor, heads: int, key_bias: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _heads_major(qkv, heads, key_bias is not None)
 
 
 @torch.library.custom_op("ishowttsd::grouped_conv1d", mutates_args=())

@@ -210,8 +210,68 @@ def test_rotate_qkv_kernel_matches_torch(torch_cuda: Any) -> None:
         angles = torch.randn(n, 32, device="cuda")
         angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
         cos, sin = angles.cos(), angles.sin()
-        got = kernels.rotate_qkv(qkv, cos, sin, 16)
-        want = kernels.rotate_qkv(qkv.cpu(), cos.cpu(), sin.cpu(), 16)
-        for a, b in zip(got, want, strict=True):
-            assert a.shape == b.shape and a.stride() == b.stride()
-            assert float((a.float().cpu() - b.float()).abs().max()) < 2e-3
+        bias = torch.where(torch.arange(n, device="cuda") < n - 15, 0.0, kernels.KEY_PAD_BIAS).half().expand(g, n)
+        for key_bias in (None, bias):
+            got = kernels.rotate_qkv(qkv, cos, sin, 16, key_bias)
+            cpu_bias = None if key_bias is None else key_bias.cpu()
+            want = kernels.rotate_qkv(qkv.cpu(), cos.cpu(), sin.cpu(), 16, cpu_bias)
+            for a, b in zip(got, want, strict=True):
+                assert a.shape == b.shape and a.stride() == b.stride()
+                assert float((a.float().cpu() - b.float()).abs().max()) < 2e-3
+
+
+def test_column_attention_ignores_padded_keys(torch_cuda: Any) -> None:
+    """cuDNN over q/k with the validity column (fp16) equals fp32 SDPA over the real keys only."""
+    from ishowttsd.engine import accel, kernels
+
+    torch = torch_cuda
+    assert accel.column_attention_works(torch.device("cuda"), torch.float16)
+    torch.manual_seed(0)
+    g, n, heads, d = 2, 1472, 16, 64
+    qkv = torch.randn(g, n, 3 * heads * d, device="cuda", dtype=torch.float16)
+    angles = torch.randn(n, d // 2, device="cuda")
+    angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
+    cos, sin = angles.cos(), angles.sin()
+    for real in (1472, 1457, 1409):
+        bias = accel.key_bias(torch.arange(n, device="cuda")[None, :] < real, g, torch.float16)
+        q, k, v = kernels.rotate_qkv(qkv, cos, sin, heads, bias)
+        got = accel.column_attention(q, k, v).float()
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q[..., :d].transpose(1, 2).float(),
+            k[:, :real, :, :d].transpose(1, 2).float(),
+            v[:, :real].transpose(1, 2).float(),
+        ).transpose(1, 2)
+        err = float((got - want).abs().max())
+        assert err < 2e-3, (real, err)
+        noisy = qkv.clone()
+        noisy[:, real:] = 7.0
+        q2, k2, v2 = kernels.rotate_qkv(noisy, cos, sin, heads, bias)
+        assert torch.equal(accel.column_attention(q2, k2, v2)[:, :real], accel.column_attention(q, k, v)[:, :real])
+
+
+def test_gelu_epilogue_matches_upstream_feed_forward(torch_cuda: Any) -> None:
+    """cuBLASLt's bias + GELU epilogue (fp16) equals upstream's feed-forward in fp32."""
+    from f5_tts.model.modules import FeedForward
+
+    from ishowttsd.engine import accel
+
+    torch = torch_cuda
+    torch.manual_seed(0)
+    # The epilogue is the tanh GELU (upstream's), not the erf one: checked in fp32.
+    # Inputs scaled so the pre-activations sit where the two forms differ (|x| of 0.5 to 3).
+    gelu = torch.nn.functional.gelu
+    bias = torch.randn(2048, device="cuda") * 0.5
+    x32, w = torch.randn(512, 1024, device="cuda") / 32, torch.randn(2048, 1024, device="cuda")
+    pre = torch.addmm(bias, x32, w.t())
+    fused = torch._addmm_activation(bias, x32, w.t(), use_gelu=True)
+    tanh_err = float((fused - gelu(pre, approximate="tanh")).abs().max())
+    erf_err = float((fused - gelu(pre)).abs().max())
+    assert tanh_err < erf_err / 10, (tanh_err, erf_err)
+    ff = FeedForward(dim=1024, mult=2, approximate="tanh").eval().cuda()
+    x = torch.randn(2, 1472, 1024, device="cuda")
+    with torch.no_grad():
+        want = ff(x)
+        got = accel._feed_forward(ff.half(), x.half(), True).float()
+        plain = ff(x.half()).float()
+    err, err_plain = float((got - want).abs().max()), float((plain - want).abs().max())
+    assert err < 2 * err_plain + 1e-3, (err, err_plain)

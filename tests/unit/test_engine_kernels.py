@@ -77,3 +77,54 @@ def test_masked_attention_ignores_padded_keys() -> None:
         q.transpose(1, 2), k[:, :41].transpose(1, 2), v[:, :41].transpose(1, 2)
     ).transpose(1, 2)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_validity_column_attention_ignores_padded_keys() -> None:
+    """rotate_qkv's key column + unmasked attention = attention over the real keys only."""
+    torch.manual_seed(4)
+    g, n, heads, d, real = 2, 50, 4, 16, 41
+    qkv = torch.randn(g, n, 3 * heads * d)
+    angles = torch.randn(n, d // 2)
+    angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
+    cos, sin = angles.cos(), angles.sin()
+    bias = accel.key_bias(torch.arange(n)[None, :] < real, g, torch.float32)
+    assert bias[:, :real].eq(0).all() and bias[:, real:].eq(kernels.KEY_PAD_BIAS).all()
+    q, k, v = kernels.rotate_qkv(qkv, cos, sin, heads, bias)
+    assert q.shape == k.shape == (g, n, heads, 2 * d) and v.shape == (g, n, heads, d)
+    assert q[..., d].eq(1).all() and not q[..., d + 1 :].any() and not k[..., d + 1 :].any()
+    got = accel.column_attention(q, k, v)
+    # the same q, k, v without the column, attending to the real keys only
+    q0, k0, v0 = kernels.rotate_qkv(qkv, cos, sin, heads)
+    torch.testing.assert_close(q0, q[..., :d])
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q0.transpose(1, 2), k0[:, :real].transpose(1, 2), v0[:, :real].transpose(1, 2)
+    ).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # whatever the padded frames hold, no real or padded query sees it
+    noisy = qkv.clone()
+    noisy[:, real:] = 50.0
+    q2, k2, v2 = kernels.rotate_qkv(noisy, cos, sin, heads, bias)
+    torch.testing.assert_close(accel.column_attention(q2, k2, v2)[:, :real], got[:, :real])
+
+
+def test_feed_forward_plain_path_and_which_blocks_take_the_epilogue() -> None:
+    """Which feed-forwards qualify for the epilogue; without it, upstream's module as it is.
+
+    The epilogue itself is CUDA-only (the CPU's ``_addmm_activation`` applies the erf GELU,
+    not the tanh form), so tests/gpu checks it against upstream.
+    """
+    from f5_tts.model.modules import FeedForward
+
+    torch.manual_seed(5)
+    ff = FeedForward(dim=32, mult=2, approximate="tanh").eval()
+
+    class _Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ff = ff
+
+    assert accel._tanh_gelu_ff(_Block())
+    assert not accel._tanh_gelu_ff(type("B", (), {"ff": FeedForward(dim=32, approximate="none")})())
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        assert torch.equal(accel._feed_forward(ff, x, False), ff(x))
