@@ -22,6 +22,8 @@ FORMATS: dict[str, tuple[str, str | None, str]] = {
 }
 # Formats whose pieces can be sent as they are made and still play as one stream.
 STREAMABLE = ("wav", "pcm", "mp3")
+# Formats whose encoding is a conversion to 16-bit samples and at most a header.
+UNCOMPRESSED = ("wav", "pcm")
 
 
 def content_type(fmt: str) -> str:
