@@ -295,15 +295,18 @@ def _block(
     qkv: tuple[Tensor, Tensor | None],
     plan: BlockPlan,
     x: Tensor,
-    t: Tensor,
+    mod: Tensor,
     rope: Rope,
     keys: Tensor,
 ) -> Tensor:
     """``DiTBlock.forward`` attending to the real keys only (dropout is off in eval).
-    ``plan`` is :meth:`FastWeights.block_plan`; ``keys`` the (G, N) :func:`key_bias` with the
+    ``plan`` is :meth:`FastWeights.block_plan`; ``mod`` the block's (1, 6 * dim) AdaLN
+    modulation for this step (:func:`modulations`); ``keys`` the (G, N) :func:`key_bias` with the
     key column, else the (G, 1, 1, N) mask."""
     half_split, fused_rotation, key_column, gelu_epilogue = plan
-    norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.attn_norm(x, emb=t)
+    # upstream's AdaLayerNorm, with its linear(silu(t)) precomputed per step
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
+    norm = block.attn_norm.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
     attn = block.attn
     g, n = norm.shape[0], norm.shape[1]
     if fused_rotation:
@@ -337,11 +340,13 @@ def _embed_input(dit: DiTModule, weights: FastWeights, x: Tensor, cond: Tensor, 
     return kernels.conv_position_embedding(weights.conv, h, _cfg_rows(mask, groups)) + h
 
 
-def _finish(dit: DiTModule, h: Tensor, residual: Tensor, t_emb: Tensor, x: Tensor, dt: Tensor, cfg: Tensor) -> Tensor:
-    """Output layers, classifier-free guidance and the Euler update (the state stays fp32)."""
+def _finish(dit: DiTModule, h: Tensor, residual: Tensor, mod: Tensor, x: Tensor, dt: Tensor, cfg: Tensor) -> Tensor:
+    """Output layers, classifier-free guidance and the Euler update (the state stays fp32).
+    ``mod``: the final norm's (1, 2 * dim) modulation for this step (:func:`modulations`)."""
     if dit.long_skip_connection is not None:
         h = dit.long_skip_connection(torch.cat((h, residual), dim=-1))
-    out = dit.proj_out(dit.norm_out(h, t_emb))
+    scale, shift = torch.chunk(mod, 2, dim=1)  # upstream's AdaLayerNorm_Final
+    out = dit.proj_out(dit.norm_out.norm(h) * (1 + scale)[:, None, :] + shift[:, None, :])
     if out.shape[0] == 2 * x.shape[0]:
         pred, null = torch.chunk(out, 2, dim=0)
         out = pred + (pred - null) * cfg
@@ -397,14 +402,15 @@ def masked_step(
     text: Tensor,
     mask: Tensor,
     rope: Rope,
-    t_emb: Tensor,
+    modulation: Tensor,
     dt: Tensor,
     cfg: Tensor,
 ) -> Tensor:
     """One Euler step on the padded batch: ``x`` (B, N, mel) fp32, ``cond``/``text`` (G, N, .)
     in the model dtype with G = 2B under guidance (the B conditional rows, then the B
-    unconditional ones) or B, ``mask`` (B, N) bool (True = real frame), ``cfg`` a 0-d tensor.  A pure
-    function of tensors with no host syncs, so a CUDA graph can capture it."""
+    unconditional ones) or B, ``mask`` (B, N) bool (True = real frame), ``modulation`` this
+    step's row of :func:`modulations`, ``cfg`` a 0-d tensor.  A pure function of tensors with no
+    host syncs, so a CUDA graph can capture it."""
     h = regions.embed(dit, weights, x, cond, text, mask)
     if regions.dynamic:
         torch._dynamo.maybe_mark_dynamic(h, 1)
@@ -412,9 +418,23 @@ def masked_step(
     keys = key_bias(mask, groups, h.dtype) if weights.key_column else _key_mask(mask, groups)
     plan = weights.block_plan()
     residual = h
-    for block, qkv in zip(dit.transformer_blocks, weights.qkv, strict=True):
-        h = regions.block(block, qkv, plan, h, t_emb, rope, keys)
-    return regions.finish(dit, h, residual, t_emb, x, dt, cfg)
+    for i, (block, qkv) in enumerate(zip(dit.transformer_blocks, weights.qkv, strict=True)):
+        h = regions.block(block, qkv, plan, h, modulation[i], rope, keys)
+    final = modulation[-1, :, : 2 * h.shape[-1]]
+    return regions.finish(dit, h, residual, final, x, dt, cfg)
+
+
+def modulations(dit: DiTModule, time_emb: Tensor) -> Tensor:
+    """Every step's AdaLN modulations, (steps, blocks + 1, 1, 6 * dim) in the model dtype, from
+    the (steps, 1, dim) time embeddings: row b is block b's ``linear(silu(t))``, the last row the
+    final norm's (its first 2 * dim).  They depend on the step only, not on the request, so they
+    are computed once per time grid instead of as 23 small weight-bound matmuls in every step
+    (1.4 ms a solve on the H100, bench/NOTES.md item 23)."""
+    t = time_emb.flatten(1)
+    rows = [b.attn_norm.linear(b.attn_norm.silu(t)) for b in dit.transformer_blocks]
+    final = dit.norm_out.linear(dit.norm_out.silu(t))
+    rows.append(F.pad(final, (0, rows[0].shape[-1] - final.shape[-1])))
+    return torch.stack(rows, dim=1).unsqueeze(2)
 
 
 def _convnext(block: Any, x: Tensor, real: Tensor) -> Tensor:
@@ -468,7 +488,7 @@ class _Bucket:
 
     Requests are loaded into these buffers (a few device copies each), then the text-embedding
     graph and one step graph per Euler step replay.  A step graph is independent of the NFE and
-    of the time grid: each step's time embedding and step size are copied into ``t_emb``/``dt``.
+    of the time grid: each step's modulations and step size are copied into ``modulation``/``dt``.
     """
 
     def __init__(
@@ -490,7 +510,8 @@ class _Bucket:
         self.cond = torch.zeros(groups, frames, mel, device=device, dtype=dtype)
         self.text = torch.zeros(groups, frames, text_dim, device=device, dtype=dtype)
         self.rope = rope_tables(dit, frames, weights.half_split)
-        self.t_emb = torch.zeros(1, dim, device=device, dtype=dtype)
+        blocks = len(dit.transformer_blocks)
+        self.modulation = torch.zeros(blocks + 1, 1, 6 * dim, device=device, dtype=dtype)
         self.dt = torch.full((), 0.1, device=device)
         self.cfg = torch.full((), 2.0, device=device, dtype=dtype)
         self.embed_graph: torch.cuda.CUDAGraph | None = None
@@ -524,7 +545,7 @@ class _Bucket:
             self.text,
             self.real,
             self.rope,
-            self.t_emb,
+            self.modulation,
             self.dt,
             self.cfg,
         )
@@ -552,14 +573,14 @@ class _Bucket:
         with torch.cuda.graph(self.step_graph, pool=pool):
             self.step(step)
 
-    def run(self, step: StepFn, time_emb: Tensor, dt: Tensor) -> None:
+    def run(self, step: StepFn, mods: Tensor, dt: Tensor) -> None:
         """Text embedding then the Euler steps, replayed where captured."""
         if self.embed_graph is None:
             self.embed()
         else:
             self.embed_graph.replay()
         for i in range(dt.shape[0]):
-            self.t_emb.copy_(time_emb[i])
+            self.modulation.copy_(mods[i])
             self.dt.copy_(dt[i])
             if self.step_graph is None:
                 self.step(step)
@@ -621,10 +642,12 @@ class FastSolver:
             self._buckets[key] = found
         return found
 
-    def _time_embeddings(self, nfe: int, sway: float | None) -> tuple[Tensor, Tensor]:
+    def _schedule(self, nfe: int, sway: float | None) -> tuple[Tensor, Tensor]:
+        """Each step's modulations (:func:`modulations`) and size, once per (NFE, sway)."""
         key = (nfe, sway)
         if key not in self._times:
-            self._times[key] = sampler.time_embeddings(self.dit, nfe, sway, self.device)
+            time_emb, dt = sampler.time_embeddings(self.dit, nfe, sway, self.device)
+            self._times[key] = (modulations(self.dit, time_emb), dt)
         return self._times[key]
 
     @torch.inference_mode()
@@ -675,7 +698,7 @@ class FastSolver:
         for row, item in enumerate(items):
             b.load(row, item)
         b.cfg.fill_(cfg_strength)
-        b.run(self.step, *self._time_embeddings(nfe, sway))
+        b.run(self.step, *self._schedule(nfe, sway))
         out = []
         for row, item in enumerate(items):
             ref = item.ref_mel.shape[1]

@@ -10,8 +10,8 @@ from L2 instead of materialising it.
 
 q/k rotation (RoPE) for the attention.  Inductor's fused kernel for the rotation and the copies
 that feed attention ran at about 1.2 TB/s, 12% of a solve (bench/NOTES.md item 18).  The kernel
-below reads the fused q/k/v projection once and writes q and k rotated, and v, straight into the
-(G, H, N, d) layout that SDPA reads, so nothing is copied again.  It can also append the
+below reads the fused q/k/v projection once and writes q and k rotated, and v, as contiguous
+(G, N, H, d) tensors that attention reads as they are, so nothing is copied again.  It can also append the
 key-validity column that lets an unmasked attention kernel ignore padded keys exactly
 (bench/NOTES.md item 19).
 
@@ -115,8 +115,8 @@ if triton is not None:
         half = tl.arange(0, D // 2)
         full = tl.arange(0, D)
         src = qkv_ptr + t[:, None] * (3 * HEADS * D) + head * D
-        # (G, H, N, width): row g * H * N + head * N + pos; q and k are 2 * D wide with the column
-        dst = ((t // n) * HEADS + head) * n + pos
+        # (G, N, H, width) contiguous: row t * H + head; q and k are 2 * D wide with the column
+        dst = t * HEADS + head
         c = tl.load(cos_ptr + pos[:, None] * D + half[None, :], mask=live, other=0.0)
         s = tl.load(sin_ptr + pos[:, None] * D + half[None, :], mask=live, other=0.0)
         for part in tl.static_range(2):  # q, then k
@@ -150,14 +150,16 @@ def rotate_halves(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat(((head * cos + half * sin).to(t.dtype), rest), dim=-1)
 
 
-def _heads_major(qkv: Tensor, heads: int, column: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Empty q, k, v for a fused (G, N, 3 * H * d) projection: (G, N, H, width) tensors stored
-    as (G, H, N, width), SDPA's own layout; q and k are 2d wide with the validity column."""
+def _split_heads(qkv: Tensor, heads: int, column: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Empty q, k, v for a fused (G, N, 3 * H * d) projection: contiguous (G, N, H, width)
+    tensors, q and k 2d wide with the validity column.  Token-major, because cuDNN's attention
+    writes its output in q's layout: (G, N, H, d) is then the (G, N, H * d) the output
+    projection reads, with no copy (a head-major q cost a 1.6 ms transpose per solve)."""
     g, n, width = qkv.shape
     d = width // (3 * heads)
 
     def one(w: int) -> Tensor:
-        return torch.empty(g, heads, n, w, dtype=qkv.dtype, device=qkv.device).transpose(1, 2)
+        return torch.empty(g, n, heads, w, dtype=qkv.dtype, device=qkv.device)
 
     qk = 2 * d if column else d
     return one(qk), one(qk), one(d)
@@ -167,8 +169,8 @@ def _heads_major(qkv: Tensor, heads: int, column: bool) -> tuple[Tensor, Tensor,
 def rotate_qkv(
     qkv: Tensor, cos: Tensor, sin: Tensor, heads: int, key_bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Split the fused (G, N, 3 * H * d) projection into q, k, v of shape (G, N, H, .), stored
-    as (G, H, N, .), with q and k rotated by halves (tables (1, N, 1, d) from the fast path).
+    """Split the fused (G, N, 3 * H * d) projection into contiguous q, k, v of shape
+    (G, N, H, .), with q and k rotated by halves (tables (1, N, 1, d) from the fast path).
 
     With ``key_bias`` ((G, N): 0 for a real key, :data:`KEY_PAD_BIAS` for padding) q and k get
     a validity column: q is 2d wide with [1, 0, ...] after its d values, k has [bias, 0, ...].
@@ -178,7 +180,7 @@ def rotate_qkv(
     g, n, width = qkv.shape
     d = width // (3 * heads)
     column = key_bias is not None
-    outs = _heads_major(qkv, heads, column)
+    outs = _split_heads(qkv, heads, column)
     if qkv.is_cuda and triton is not None and cos.shape[-1] == d and qkv.is_contiguous():
         block = 64
         grid = (triton.cdiv(g * n, block), heads)
@@ -214,7 +216,7 @@ def rotate_qkv(
 def _rotate_qkv_fake(
     qkv: Tensor, cos: Tensor, sin: Tensor, heads: int, key_bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _heads_major(qkv, heads, key_bias is not None)
+    return _split_heads(qkv, heads, key_bias is not None)
 
 
 @torch.library.custom_op("ishowttsd::grouped_conv1d", mutates_args=())

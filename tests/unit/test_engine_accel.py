@@ -50,6 +50,26 @@ def test_padded_masked_solve_matches_eager(
     assert rel < 1e-5, rel
 
 
+def test_deeper_model_takes_each_blocks_own_modulation(tiny_engine: Any, default_voice: Any) -> None:
+    """Three blocks (the tiny preset has one): each step's precomputed AdaLN modulations must
+    reach the right block and the final norm (accel.modulations)."""
+    from ishowttsd.engine.upstream import DiT
+
+    kwargs = {**get_preset("tiny").dit, "depth": 3, "text_num_embeds": len(tiny_engine.vocab), "mel_dim": 100}
+    torch.manual_seed(4)
+    dit = DiT(**kwargs).eval().requires_grad_(False)
+    _randomise_zero_init(dit)
+    time_emb, _ = sampler.time_embeddings(dit, 7, -1.0, torch.device("cpu"))
+    mods = accel.modulations(dit, time_emb)
+    assert mods.shape == (7, 4, 1, 6 * 32)
+    t = time_emb[5]
+    torch.testing.assert_close(mods[5, 2], dit.transformer_blocks[2].attn_norm.linear(torch.nn.functional.silu(t)))
+    torch.testing.assert_close(mods[5, 3, :, :64], dit.norm_out.linear(torch.nn.functional.silu(t)))
+    want, got, _ = _solve_both(dit, tiny_engine, default_voice, 60, 7, 2.0)
+    rel = float((got - want).norm() / want.norm())
+    assert rel < 1e-5, rel
+
+
 def test_rope_on_some_heads_and_unmasked_text(tiny_engine: Any, default_voice: Any) -> None:
     """F5TTS_Base's variant: RoPE on the first head only, text embedding without padding masks."""
     from ishowttsd.engine.upstream import DiT
