@@ -14,10 +14,12 @@ we leave it alone.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
 from .paths import f5_package_dir
@@ -54,11 +56,41 @@ def _install_lazy_model_package() -> None:
     sys.modules["f5_tts.model"] = module
 
 
+@contextlib.contextmanager
+def _deferred_librosa_filters() -> Iterator[None]:
+    """While f5-tts's modules import, ``librosa.filters`` is a stand-in whose ``mel`` imports
+    the real one on first call.
+
+    ``f5_tts.model.modules`` imports ``librosa.filters.mel`` at import time for BigVGAN's mel
+    spectrogram, which the engine never builds (it uses Vocos's).  The real module pulls
+    scipy.signal and scipy.stats: 1.7 s of a restart on the H100 hosts (``python3 -X importtime``,
+    bench/README.md).  The stand-in leaves ``sys.modules`` as soon as the import is done, so
+    any later ``import librosa.filters`` gets the real module, and so does the deferred call.
+    """
+    if "librosa.filters" in sys.modules:
+        yield
+        return
+    stand_in = types.ModuleType("librosa.filters")
+
+    def mel(*args: Any, **kwargs: Any) -> Any:
+        real = importlib.import_module("librosa.filters")
+        return real.mel(*args, **kwargs)
+
+    stand_in.mel = mel  # type: ignore[attr-defined]
+    sys.modules["librosa.filters"] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get("librosa.filters") is stand_in:
+            del sys.modules["librosa.filters"]
+
+
 _install_lazy_model_package()
 
 # These imports are the only f5-tts code the engine needs at run time.
-from f5_tts.model.backbones.dit import DiT  # noqa: E402
-from f5_tts.model.modules import MelSpec  # noqa: E402
+with _deferred_librosa_filters():
+    from f5_tts.model.backbones.dit import DiT
+    from f5_tts.model.modules import MelSpec
 from f5_tts.model.utils import (  # noqa: E402
     convert_char_to_pinyin,
     get_epss_timesteps,
