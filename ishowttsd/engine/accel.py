@@ -5,7 +5,9 @@ request of a livestream has a new text length.  So the sequence is padded up to 
 (a multiple of :data:`BUCKET_FRAMES`) and the padding is *masked*, which keeps the output that
 of the unpadded sequence (only float rounding differs):
 
-- attention gets a key-padding mask, so real positions never attend to padding;
+- attention never attends to padding: a validity column on q and k gives padded keys a
+  weight of exactly 0 so cuDNN's unmasked kernel can run (:func:`column_attention`), or,
+  where that kernel is unavailable, SDPA gets a key-padding mask;
 - the convolutional position embedding zeroes padding before and after each of its convs
   (upstream's ``ConvPositionEmbedding`` with a mask does exactly that), which is the zero
   padding the unpadded conv sees;
@@ -14,13 +16,14 @@ of the unpadded sequence (only float rounding differs):
 - everything else (AdaLN, feed-forward, projections) is per position.
 
 Upstream's DiT blocks ignore the mask in attention for v1 models (``attn_mask_enabled`` is
-off), so :func:`_block` runs the blocks' own submodules with a masked SDPA instead of calling
-``DiTBlock.forward``, with q/k/v as one matmul and RoPE from per-bucket tables.
+off), so :func:`_block` runs the blocks' own submodules with that attention instead of calling
+``DiTBlock.forward``, with q/k/v as one matmul, RoPE from per-bucket tables and the AdaLN
+modulations precomputed per time grid (:func:`modulations`).
 tests/unit/test_engine_accel.py checks padded == unpadded.
 
 Graphs: per (bucket, batch rows, CFG) one text-embedding graph and one *step* graph.  A step
-graph is independent of the NFE and of the time grid: the loop copies each step's time
-embedding and step size into the graph's static inputs (two tiny device copies) and replays.
+graph is independent of the NFE and of the time grid: the loop copies each step's
+modulations and step size into the graph's static inputs (two small device copies) and replays.
 Warm-up captures a few dozen shapes, all sharing one memory pool.  The vocoder runs outside
 the graphs at the exact frame count (engine/f5.py).
 
