@@ -11,9 +11,9 @@ from L2 instead of materialising it.
 q/k rotation (RoPE) for the attention.  Inductor's fused kernel for the rotation and the copies
 that feed attention ran at about 1.2 TB/s, 12% of a solve (bench/NOTES.md item 18).  The kernel
 below reads the fused q/k/v projection once and writes q and k rotated, and v, as contiguous
-(G, N, H, d) tensors that attention reads as they are, so nothing is copied again.  It can also append the
-key-validity column that lets an unmasked attention kernel ignore padded keys exactly
-(bench/NOTES.md item 19).
+(G, N, H, d) tensors that attention reads as they are, so nothing is copied again.  It can also
+append the key-validity column that lets an unmasked attention kernel ignore padded keys
+exactly (bench/NOTES.md items 19 and 23).
 
 Every kernel is a ``torch.library`` custom op with a fake implementation, so ``torch.compile``
 keeps it as one opaque call and CUDA graphs capture it; off CUDA (or without Triton) the op

@@ -63,8 +63,8 @@ def _deferred_librosa_filters() -> Iterator[None]:
 
     ``f5_tts.model.modules`` imports ``librosa.filters.mel`` at import time for BigVGAN's mel
     spectrogram, which the engine never builds (it uses Vocos's).  The real module pulls
-    scipy.signal and scipy.stats: 1.7 s of a restart on the H100 hosts (``python3 -X importtime``,
-    bench/README.md).  The stand-in leaves ``sys.modules`` as soon as the import is done, so
+    scipy.signal and scipy.stats: about 3 s of every start on an H100 host (bench/NOTES.md
+    item 24).  The stand-in leaves ``sys.modules`` as soon as the import is done, so
     any later ``import librosa.filters`` gets the real module, and so does the deferred call.
     """
     if "librosa.filters" in sys.modules:
