@@ -13,6 +13,7 @@ Usage: python3 bench/diag_step.py [--frames 1457] [--no-compile] [--profile]
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -34,7 +35,19 @@ AB = {
     "rotation": ("kernels.rotate_qkv (undone: inductor rotates)", {"fused_rotation": False, "key_column": False}),
     "key-column": ("the key-validity column + cuDNN (undone: SDPA's mask)", {"key_column": False}),
     "gelu-epilogue": ("bias + GELU in the matmul epilogue (undone: inductor's kernel)", {"gelu_epilogue": False}),
+    "length-only-dynamic": ("only the length symbolic (undone: torch.compile(dynamic=True), every dim)", {}),
 }
+
+
+def all_dims_dynamic(solver: accel.FastSolver) -> None:
+    """The regions as compiled before bench/NOTES.md item 25: every dimension symbolic."""
+    solver.regions = accel.Regions(
+        embed=torch.compile(accel._embed_input, dynamic=True),
+        block=torch.compile(accel._block, dynamic=True),
+        finish=torch.compile(accel._finish, dynamic=True),
+        dynamic=True,
+    )
+    solver.step = functools.partial(accel.masked_step, solver.regions)
 
 
 def main() -> None:
@@ -104,6 +117,9 @@ def main() -> None:
         for name in args.ab:
             other = accel.FastSolver(eng.dit, eng.device, compile=not args.no_compile, graphs=True)
             other.weights = other.weights._replace(**AB[name][1])
+            if name == "length-only-dynamic":
+                torch._dynamo.reset()  # a fresh trace, as a restart would do
+                all_dims_dynamic(other)
             t0 = time.perf_counter()
             other.precapture([frames])
             capture = time.perf_counter() - t0

@@ -376,11 +376,16 @@ class Regions(NamedTuple):
 EAGER = Regions(_embed_input, _block, _finish, dynamic=False)
 
 
-def compiled_regions(dynamic: bool) -> Regions:
+def compiled_regions(dynamic: bool, backend: str = "inductor") -> Regions:
     """``torch.compile`` of each region.  With ``dynamic`` the sequence length is symbolic from
     the first compile, so every bucket runs the same kernels (a static compile per bucket cost
     about 30 s each on the H100: bench/NOTES.md item 4).  The recompile limit is raised so
-    dynamo never silently falls back to eager."""
+    dynamo never silently falls back to eager.
+
+    Only the length is symbolic (:func:`masked_step` marks it), not every dimension as
+    ``dynamic=True`` would make it: with the widths, heads and batch rows static, dynamo traces
+    with far less symbolic reasoning and without a second pass to specialise float constants
+    (bench/NOTES.md item 25), and inductor sees the real widths."""
     import torch._dynamo.config as dynamo_config
 
     limit = 256
@@ -390,12 +395,20 @@ def compiled_regions(dynamic: bool) -> Regions:
     if not dynamic:
         # Otherwise the second shape would switch dynamo to a dynamic-shape recompile.
         dynamo_config.automatic_dynamic_shapes = False
+    # None: dynamo's default, dynamic exactly where the inputs are marked.
+    mode = None if dynamic else False
     return Regions(
-        embed=torch.compile(_embed_input, dynamic=dynamic),
-        block=torch.compile(_block, dynamic=dynamic),
-        finish=torch.compile(_finish, dynamic=dynamic),
+        embed=torch.compile(_embed_input, dynamic=mode, backend=backend),
+        block=torch.compile(_block, dynamic=mode, backend=backend),
+        finish=torch.compile(_finish, dynamic=mode, backend=backend),
         dynamic=dynamic,
     )
+
+
+def _mark_length(*tensors: Tensor, dim: int = 1) -> None:
+    """Tell dynamo the length dimension of these region inputs varies (from the first compile)."""
+    for t in tensors:
+        torch._dynamo.maybe_mark_dynamic(t, dim)
 
 
 def masked_step(
@@ -416,11 +429,14 @@ def masked_step(
     unconditional ones) or B, ``mask`` (B, N) bool (True = real frame), ``modulation`` this
     step's row of :func:`modulations`, ``cfg`` a 0-d tensor.  A pure function of tensors with no
     host syncs, so a CUDA graph can capture it."""
-    h = regions.embed(dit, weights, x, cond, text, mask)
     if regions.dynamic:
-        torch._dynamo.maybe_mark_dynamic(h, 1)
+        _mark_length(x, cond, text, mask, *rope)
+    h = regions.embed(dit, weights, x, cond, text, mask)
     groups = text.shape[0]
     keys = key_bias(mask, groups, h.dtype) if weights.key_column else _key_mask(mask, groups)
+    if regions.dynamic:
+        _mark_length(h)
+        _mark_length(keys, dim=1 if weights.key_column else 3)
     plan = weights.block_plan()
     residual = h
     for i, (block, qkv) in enumerate(zip(dit.transformer_blocks, weights.qkv, strict=True)):
@@ -556,12 +572,7 @@ class _Bucket:
         )
         self.x.copy_(step(*args))
 
-    def capture(self, step: StepFn, pool: Any, device: torch.device, dynamic: bool, warmups: int) -> None:
-        if dynamic:
-            # Compile the first bucket with the length already symbolic: without this, dynamo
-            # specialises on the first length and compiles a second time at the next bucket.
-            for t in (self.x, self.cond, self.text, self.real, *self.rope):
-                torch._dynamo.maybe_mark_dynamic(t, 1)
+    def capture(self, step: StepFn, pool: Any, device: torch.device, warmups: int) -> None:
         # Warm up on a side stream (compiles this shape, loads kernels, creates cuBLAS handles)
         # before capture, as torch.cuda.graphs' docs require.
         side = torch.cuda.Stream(device)
@@ -598,7 +609,8 @@ class FastSolver:
 
     Owned by the engine's thread, like the model.  ``compile`` and ``graphs`` are independent:
     graphs alone remove the launch overhead of eager kernels; compile alone fuses kernels but
-    still launches them from Python; both is the fast configuration.
+    still launches them from Python; both is the fast configuration.  ``backend`` is
+    ``torch.compile``'s (tests trace with ``aot_eager``: dynamo's work without code generation).
     """
 
     def __init__(
@@ -610,6 +622,7 @@ class FastSolver:
         graphs: bool,
         granularity: int = BUCKET_FRAMES,
         dynamic: bool = True,
+        backend: str = "inductor",
     ) -> None:
         if getattr(dit.text_embed, "average_upsampling", False):
             raise ValueError("the fast path does not support text_embedding_average_upsampling")
@@ -618,7 +631,7 @@ class FastSolver:
         self.granularity = granularity
         self.compiled = compile
         self.graphs_enabled = graphs and device.type == "cuda"
-        self.regions = compiled_regions(dynamic) if compile else EAGER
+        self.regions = compiled_regions(dynamic, backend) if compile else EAGER
         self.step: StepFn = functools.partial(masked_step, self.regions)
         self.weights = fast_weights(dit)
         self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
@@ -641,7 +654,7 @@ class FastSolver:
                 # The first capture also compiles and initialises cuBLAS/cuDNN: warm it up
                 # a few times; later buckets reuse all that and need one run.
                 warmups = 1 if self.graph_count else 3
-                found.capture(self.step, self._pool, self.device, self.regions.dynamic, warmups)
+                found.capture(self.step, self._pool, self.device, warmups)
                 self.capture_s += time.perf_counter() - t0
                 log.debug("captured bucket graphs", extra={"frames": frames, "rows": rows, "guided": guided})
             self._buckets[key] = found

@@ -160,3 +160,26 @@ def test_batch_of_two_lengths_equals_each_alone(tiny_engine: Any, default_voice:
     for got, want in zip(batch, alone, strict=True):
         assert got.shape == want.shape
         assert float((got - want).norm() / want.norm()) < 1e-5
+
+
+def test_compiled_step_traces_once_for_every_length_bucket(tiny_engine: Any, default_voice: Any) -> None:
+    """The compiled regions are traced at the first bucket with only the length symbolic, and
+    every later bucket reuses them: dynamo must not recompile (a recompile is seconds of a
+    restart on the GPU, or a stall on the first request of a new length).  Traced with the
+    ``aot_eager`` backend: dynamo's tracing and guards, without inductor's code generation."""
+    ref = default_voice.reference
+    ref_mel = tiny_engine._reference_mel(ref, 0.1)
+    ids = tiny_engine._tokens(ref.text, "Every length bucket runs the same compiled code.")
+    eager = accel.FastSolver(tiny_engine.dit, torch.device("cpu"), compile=False, graphs=False)
+    torch._dynamo.reset()
+    fast = accel.FastSolver(tiny_engine.dit, torch.device("cpu"), compile=True, graphs=False, backend="aot_eager")
+    for i, extra in enumerate((40, 130, 260)):
+        frames = sampler.total_frames(ref.frames + extra, ref_mel.shape[1], ids.shape[1])
+        noise = sampler.initial_noise(frames, 100, torch.Generator().manual_seed(extra), torch.device("cpu"))
+        # after the first bucket, any recompile raises
+        with torch._dynamo.config.patch(error_on_recompile=i > 0), torch.inference_mode():
+            got = fast.sample(ref_mel, ids, frames, nfe=6, cfg_strength=2.0, sway=-1.0, noise=noise)
+            want = eager.sample(ref_mel, ids, frames, nfe=6, cfg_strength=2.0, sway=-1.0, noise=noise)
+        assert float((got - want).norm() / want.norm()) < 1e-5
+    assert len({accel.bucket(f) for f in (ref.frames + 40, ref.frames + 260)}) == 2
+    torch._dynamo.reset()
