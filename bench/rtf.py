@@ -373,6 +373,7 @@ class DaemonProc:
     def __init__(self, cfg: Path, env: dict[str, str], log_path: Path) -> None:
         self.log = log_path.open("ab")
         self.t0 = time.perf_counter()
+        self.spawned_at = time.time()  # wall clock, to place the daemon's own log lines
         self.proc = subprocess.Popen([sys.executable, "-m", "ishowttsd", "--config", str(cfg)], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=str(REPO))
 
@@ -503,6 +504,35 @@ def server_side(log: Path, latency_median: float) -> dict[str, float]:
     return out
 
 
+# The daemon's start-up log lines that mark a phase boundary ("loading" carries its step).
+_START_EVENTS = ("starting", "loading", "engine loaded", "fast path ready", "warm-up done", "ready")
+
+
+def startup_timeline(log: Path, spawned_at: float) -> list[list[Any]]:
+    """[seconds since spawn, what] for each start-up line the daemon logged, up to "ready".
+
+    The gap before "starting" is Python and the daemon's own imports; from "starting" to the
+    first "loading" the HTTP/admin servers; from there to "building" the engine's imports
+    (torch, f5-tts); the last gaps are compile, capture and warm-up.
+    """
+    out: list[list[Any]] = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            rec = json.loads(line)
+            at = dt.datetime.fromisoformat(rec["ts"].replace("Z", "+00:00")).timestamp() - spawned_at
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if at < 0 or rec.get("event") not in _START_EVENTS:
+            continue
+        what = rec.get("step") or rec["event"]
+        if rec.get("event") == "fast path ready":
+            what += f" ({rec.get('graphs')} graphs in {rec.get('s')} s)"
+        out.append([round(at, 2), what])
+        if rec.get("event") == "ready":
+            break
+    return out
+
+
 def daemon_phase(args: argparse.Namespace, res: Results) -> dict[str, Any]:
     comp, graphs = VARIANTS[args.daemon_variant]
     work = Path(tempfile.mkdtemp(prefix="ishowttsd-bench-"))
@@ -515,6 +545,10 @@ def daemon_phase(args: argparse.Namespace, res: Results) -> dict[str, Any]:
            # empty dir for the first start and reuse it for the second.
            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton")}
     env.pop("NOTIFY_SOCKET", None)
+    # An installed daemon runs from compiled bytecode (the .deb ships it, pip writes it).  The lent
+    # GPU machines forbid writing it and their torch has none, so every start there compiled
+    # every module from source (bench/NOTES.md item 25): let the first start write it.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     out: dict[str, Any] = {"variant": args.daemon_variant, "config": cfg.read_text()}
     text = TINY_TEXT if args.tiny else TEXT
     d = DaemonProc(cfg, env, work / "daemon.out")
@@ -524,12 +558,16 @@ def daemon_phase(args: argparse.Namespace, res: Results) -> dict[str, Any]:
             say(f"daemon READY (empty compile cache) in {out['cold_start_empty_cache_s']:.1f} s")
         finally:
             d.stop()
+        out["cold_start_empty_cache_timeline"] = startup_timeline(work / "daemon.jsonl", d.spawned_at)
+        say(f"start-up, empty cache: {out['cold_start_empty_cache_timeline']}")
         res.put("daemon", out)
         d = DaemonProc(cfg, env, work / "daemon.out")
     try:
         key = "cold_start_empty_cache_s" if args.single_start else "cold_start_warm_cache_s"
         out[key] = d.wait_ready(url, args.ready_timeout)
         say(f"daemon READY ({key}) in {out[key]:.1f} s")
+        out[key.removesuffix("_s") + "_timeline"] = startup_timeline(work / "daemon.jsonl", d.spawned_at)
+        say(f"start-up timeline: {out[key.removesuffix('_s') + '_timeline']}")
         res.put("daemon", out)
         out.update(asyncio.run(http_bench(url, args, text)))
         out["wav_server_side"] = server_side(work / "daemon.jsonl", out["wav"]["median"])
@@ -620,7 +658,9 @@ def table(data: dict[str, Any]) -> str:
                          f"{daemon['process_gpu_mem_mib']:.0f} MiB")
         for k in ("cold_start_empty_cache_s", "cold_start_warm_cache_s"):
             if k in daemon:
-                lines.append(f"{k}: {daemon[k]:.1f}")
+                steps = daemon.get(k.removesuffix("_s") + "_timeline") or []
+                lines.append(f"{k}: {daemon[k]:.1f}" + (" (" + ", ".join(f"{at} {what}" for at, what in steps) + ")"
+                                                         if steps else ""))
         if "self_check" in daemon:
             lines.append(f"self-check exit code {daemon['self_check']['exit_code']}")
     if data["errors"]:

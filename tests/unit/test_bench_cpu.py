@@ -39,6 +39,12 @@ def test_bench_tiny_cpu(tmp_path: Path) -> None:
     assert daemon["wav"]["audio_s"] > 1 and daemon["stream_first_audio"]["median"] > 0
     assert set(daemon["throughput"]) == {"1", "4"}
     assert daemon["cold_start_empty_cache_s"] > 0
+    # the start-up phases from the daemon's own log lines, in order, ending at READY
+    steps = daemon["cold_start_empty_cache_timeline"]
+    assert steps[0][1] == "starting" and steps[-1][1] == "ready"
+    assert any(what.startswith("warming up") for _, what in steps)
+    times = [at for at, _ in steps]
+    assert times == sorted(times) and 0 < times[-1] <= daemon["cold_start_empty_cache_s"]
     # the timed WAV request's own log line, found by its request id
     side = daemon["wav_server_side"]
     assert side["requests"] == 1 and 0 < side["engine_total_s"] < daemon["wav"]["median"]
