@@ -253,3 +253,36 @@ def test_readyz_is_503_until_warm(tmp_path: Path) -> None:
         assert 200 in seen
         assert d.notify is not None
         d.notify.wait_for(lambda m: "READY=1" in m, 10)  # the datagram may trail the HTTP answer
+
+
+def _post_with_id(port: int, path: str, body: dict, request_id: str) -> tuple[int, str | None, bytes]:  # type: ignore[type-arg]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", "X-Request-Id": request_id})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, resp.getheader("X-Request-Id"), data
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/audio/speech", {"input": SENTENCE}, 200),
+        ("/v1/audio/speech", {"input": SENTENCE, "response_format": "pcm", "stream": True}, 200),
+        ("/api/tts", {"text": SENTENCE}, 200),
+        ("/v1/audio/speech", {"input": ""}, 400),
+    ],
+)
+def test_every_answer_names_its_request_and_is_logged_after_it_is_sent(  # type: ignore[no-untyped-def]
+    daemon, path: str, body: dict, status: int  # type: ignore[type-arg]
+) -> None:
+    """The X-Request-Id the client sent comes back (whole responses, streams, errors), and the
+    request's log line, written once the response is out, carries the same id."""
+    request_id = f"rid-{abs(hash((path, json.dumps(body)))) % 10**8}"
+    got_status, echoed, data = _post_with_id(daemon.port, path, body, request_id)
+    assert got_status == status, data[:300]
+    assert echoed == request_id
+    if status == 200:
+        assert len(data) > 1000
+        done = wait_done(daemon, lambda e: e.get("request_id") == request_id)
+        assert done["endpoint"] == path
