@@ -450,7 +450,8 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
             t, _, nbytes = await _speech(session, url, text, request_id=f"{WAV_ID}{i}")
             lat.append(t)
         audio_s = (nbytes - 44) / 2 / 24000
-        out["wav"] = {**stats(lat), "audio_s": audio_s, "rtf": statistics.median(lat) / audio_s}
+        out["wav"] = {**stats(lat), "audio_s": audio_s, "rtf": statistics.median(lat) / audio_s,
+                      "latencies_s": lat}
         say(f"http wav: median {ms(out['wav']['median'])} ms for {audio_s:.2f} s")
         firsts = []
         for _ in range(args.repeats):
@@ -481,25 +482,32 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
 WAV_ID = "bench-wav-"
 
 
-def server_side(log: Path, latency_median: float) -> dict[str, float]:
+def server_side(log: Path, latencies: list[float]) -> dict[str, float]:
     """Where the timed WAV requests' time went inside the daemon, from its own log lines.
 
-    The client's median minus the engine's, the queue's and the encoder's medians is what
-    HTTP and the hand-offs between the event loop and the worker thread cost.
+    Each request's log line is matched to the client's latency by request id (``bench-wav-N``
+    is the N-th timed request); what the client waited beyond the engine, the queue and the
+    encoder is what HTTP and the hand-offs between the event loop and the worker cost.  Medians
+    over the requests.
     """
-    fields: dict[str, list[float]] = {"total_s": [], "queue_wait_s": [], "encode_s": []}
+    fields: dict[str, list[float]] = {"total_s": [], "queue_wait_s": [], "encode_s": [], "rest": []}
     for line in log.read_text().splitlines() if log.exists() else []:
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        if rec.get("event") == "synthesis done" and str(rec.get("request_id", "")).startswith(WAV_ID):
-            for name, values in fields.items():
-                values.append(float(rec.get(name, 0.0)))
+        request_id = str(rec.get("request_id", ""))
+        if rec.get("event") != "synthesis done" or not request_id.startswith(WAV_ID):
+            continue
+        index = int(request_id.removeprefix(WAV_ID))
+        parts = [float(rec.get(name, 0.0)) for name in ("total_s", "queue_wait_s", "encode_s")]
+        for name, value in zip(("total_s", "queue_wait_s", "encode_s"), parts, strict=True):
+            fields[name].append(value)
+        fields["rest"].append(latencies[index] - sum(parts))
     if not fields["total_s"]:
         return {}
-    out = {f"engine_{k}" if k == "total_s" else k: statistics.median(v) for k, v in fields.items()}
-    out["http_and_handoffs_s"] = latency_median - sum(out.values())
+    out = {f"engine_{k}" if k == "total_s" else k: statistics.median(v) for k, v in fields.items() if k != "rest"}
+    out["http_and_handoffs_s"] = statistics.median(fields["rest"])
     out["requests"] = len(fields["total_s"])
     return out
 
@@ -570,7 +578,7 @@ def daemon_phase(args: argparse.Namespace, res: Results) -> dict[str, Any]:
         say(f"start-up timeline: {out[key.removesuffix('_s') + '_timeline']}")
         res.put("daemon", out)
         out.update(asyncio.run(http_bench(url, args, text)))
-        out["wav_server_side"] = server_side(work / "daemon.jsonl", out["wav"]["median"])
+        out["wav_server_side"] = server_side(work / "daemon.jsonl", out["wav"]["latencies_s"])
         say(f"http wav, inside the daemon (medians): {out['wav_server_side']}")
         out["process_gpu_mem_mib"] = gpu_process_memory(d.proc.pid)
         res.put("daemon", out)
