@@ -183,3 +183,49 @@ def test_compiled_step_traces_once_for_every_length_bucket(tiny_engine: Any, def
         assert float((got - want).norm() / want.norm()) < 1e-5
     assert len({accel.bucket(f) for f in (ref.frames + 40, ref.frames + 260)}) == 2
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(("extra", "cfg"), [(101, 2.0), (250, 0.0)])
+def test_speak_decodes_what_the_vocoder_gives_for_the_solved_mel(
+    tiny_engine: Any, default_voice: Any, extra: int, cfg: float
+) -> None:
+    """The bucket's own vocoder pass (FastSolver.speak, captured in a graph on the GPU) gives
+    the waveform the vocoder gives for sample()'s mel from the reference's last frame on, as
+    the engine decodes it: padding, the ODE state under the reference and the frames past the
+    request change nothing."""
+    ref = default_voice.reference
+    ref_mel = tiny_engine._reference_mel(ref, 0.1)
+    ids = tiny_engine._tokens(ref.text, "The vocoder runs inside the bucket now.")
+    frames = sampler.total_frames(ref.frames + extra, ref_mel.shape[1], ids.shape[1])
+    assert accel.bucket(frames) > frames, "the case must actually pad"
+    noise = sampler.initial_noise(frames, 100, torch.Generator().manual_seed(extra), torch.device("cpu"))
+    fast = accel.FastSolver(
+        tiny_engine.dit, torch.device("cpu"), compile=False, graphs=False, vocoder=tiny_engine.vocoder
+    )
+    assert fast.vocoder is tiny_engine.vocoder
+    kw = {"nfe": 6, "cfg_strength": cfg, "sway": -1.0, "noise": noise}
+    marks: list[int] = []
+    with torch.inference_mode():
+        mel = fast.sample(ref_mel, ids, frames, **kw)
+        want = tiny_engine.vocoder(mel[:, ref.frames :, :].permute(0, 2, 1).float())[0]
+        got = fast.speak(ref_mel, ids, frames, start=ref.frames, solved=lambda: marks.append(1), **kw)
+    assert marks == [1]
+    assert got.shape == want.shape == ((frames - ref.frames) * 256,)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_engine_audio_is_the_same_with_the_vocoder_in_the_bucket() -> None:
+    """Engine.synthesize through FastSolver.speak equals the plain sampler + vocoder (the path
+    every request takes on the GPU, here eager on the CPU)."""
+    from ishowttsd.engine.f5 import Engine
+    from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
+
+    engine = Engine.load(ModelSpec(architecture="tiny", weights="untrained", device="cpu"), vocoder="untrained")
+    voice = engine.prepare_voice(VoiceSpec(id="default"))
+    req = SynthesisRequest(text="Same audio, one pass fewer.", voice_id="default", nfe=6, seed=3)
+    want = engine.synthesize(voice, req)
+    engine.fast = accel.FastSolver(engine.dit, torch.device("cpu"), compile=False, graphs=False, vocoder=engine.vocoder)
+    got = engine.synthesize(voice, req)
+    assert got.audio.shape == want.audio.shape
+    assert float(abs(got.audio - want.audio).max() / abs(want.audio).max()) < 1e-4
+    assert got.timings["vocoder"] >= 0 and got.timings["ode"] > 0
