@@ -24,10 +24,8 @@ tests/unit/test_engine_accel.py checks padded == unpadded.
 Graphs: per (bucket, batch rows, CFG) one text-embedding graph and one *step* graph.  A step
 graph is independent of the NFE and of the time grid: the loop copies each step's
 modulations and step size into the graph's static inputs (two small device copies) and replays.
-Warm-up captures a few dozen shapes, all sharing one memory pool.  With a vocoder that
-decodes windows, each bucket also captures a vocoder graph over the request's frames
-(:meth:`FastSolver.speak`, engine/vocoder.py); otherwise the vocoder runs after the graphs at
-the exact frame count (engine/f5.py).
+Warm-up captures a few dozen shapes, all sharing one memory pool.  The vocoder runs outside
+the graphs at the exact frame count (engine/f5.py).
 
 Compile: three regions (:class:`Regions`), the block region shared by all blocks, with the
 length dynamic.  Inductor's FX-graph cache and Triton's kernel cache live under
@@ -50,7 +48,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels, sampler
-from .presets import HOP_LENGTH as HOP
 
 log = logging.getLogger("ishowttsd.engine")
 
@@ -516,14 +513,7 @@ class _Bucket:
     """
 
     def __init__(
-        self,
-        dit: DiTModule,
-        weights: FastWeights,
-        frames: int,
-        rows: int,
-        guided: bool,
-        device: torch.device,
-        vocoder: Any = None,
+        self, dit: DiTModule, weights: FastWeights, frames: int, rows: int, guided: bool, device: torch.device
     ) -> None:
         dtype = next(dit.parameters()).dtype
         text_dim = dit.text_embed.text_embed.embedding_dim
@@ -547,19 +537,10 @@ class _Bucket:
         self.cfg = torch.full((), 2.0, device=device, dtype=dtype)
         self.embed_graph: torch.cuda.CUDAGraph | None = None
         self.step_graph: torch.cuda.CUDAGraph | None = None
-        # The vocoder's inputs (see decode): each row's reference mel in fp32, where it sits,
-        # and the frames to decode.  Its output lives in the graph pool once captured.
-        self.vocoder = vocoder
-        self.voc_graph: torch.cuda.CUDAGraph | None = None
-        if vocoder is not None:
-            self.ref = torch.zeros(rows, frames, mel, device=device)
-            self.in_ref = torch.zeros(rows, frames, dtype=torch.bool, device=device)
-            self.keep = torch.zeros(rows, frames, dtype=torch.bool, device=device)
-            self.wave = torch.zeros(rows, frames * HOP, device=device)
 
-    def load(self, row: int, item: BatchItem, start: int = 0) -> None:
+    def load(self, row: int, item: BatchItem) -> None:
         """Copy one request into its row: zero padding everywhere past its n frames (the CFG
-        rows' audio condition stays all zero).  ``start``: the first frame :meth:`decode` decodes."""
+        rows' audio condition stays all zero)."""
         r, nt, n = item.ref_mel.shape[1], item.text_ids.shape[1], item.frames
         self.tokens[row].zero_()
         self.tokens[row, :nt].copy_(item.text_ids[0] + 1)
@@ -568,26 +549,6 @@ class _Bucket:
         self.cond[row, :r].copy_(item.ref_mel[0])
         self.x[row, n:].zero_()
         self.x[row, :n].copy_(item.noise[0])
-        if self.vocoder is not None:
-            self.ref[row, :r].copy_(item.ref_mel[0])
-            torch.lt(self.positions, r, out=self.in_ref[row])
-            torch.logical_and(self.real[row], self.positions >= start, out=self.keep[row])
-
-    def vocode(self) -> None:
-        # The solve's output is the reference mel, then the ODE state (as sample_batch returns
-        # it); decoded over each row's keep frames.  Without cuDNN, whose per-shape plans would
-        # cost ~0.2 s per bucket at capture (see embed).
-        mel = torch.where(self.in_ref[..., None], self.ref, self.x)
-        with torch.backends.cudnn.flags(enabled=False):
-            self.wave.copy_(self.vocoder.decode_window(mel.transpose(1, 2), self.keep))
-
-    def decode(self) -> Tensor:
-        """The waveform (rows, N * hop) of each row's decoded frames, after :meth:`run`."""
-        if self.voc_graph is None:
-            self.vocode()
-        else:
-            self.voc_graph.replay()
-        return self.wave
 
     def embed(self) -> None:
         # Without cuDNN: its depthwise-conv plans are built per shape, ~0.2 s for each bucket's
@@ -620,8 +581,6 @@ class _Bucket:
             for _ in range(warmups):
                 self.embed()
                 self.step(step)
-                if self.vocoder is not None:
-                    self.vocode()
         torch.cuda.current_stream(device).wait_stream(side)
         self.embed_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.embed_graph, pool=pool):
@@ -629,10 +588,6 @@ class _Bucket:
         self.step_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.step_graph, pool=pool):
             self.step(step)
-        if self.vocoder is not None:
-            self.voc_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.voc_graph, pool=pool):
-                self.vocode()
 
     def run(self, step: StepFn, mods: Tensor, dt: Tensor) -> None:
         """Text embedding then the Euler steps, replayed where captured."""
@@ -656,8 +611,6 @@ class FastSolver:
     graphs alone remove the launch overhead of eager kernels; compile alone fuses kernels but
     still launches them from Python; both is the fast configuration.  ``backend`` is
     ``torch.compile``'s (tests trace with ``aot_eager``: dynamo's work without code generation).
-    With a ``vocoder`` that decodes windows (engine/vocoder.py), :meth:`speak` also decodes in
-    each bucket's graphs.
     """
 
     def __init__(
@@ -670,7 +623,6 @@ class FastSolver:
         granularity: int = BUCKET_FRAMES,
         dynamic: bool = True,
         backend: str = "inductor",
-        vocoder: Any = None,
     ) -> None:
         if getattr(dit.text_embed, "average_upsampling", False):
             raise ValueError("the fast path does not support text_embedding_average_upsampling")
@@ -682,7 +634,6 @@ class FastSolver:
         self.regions = compiled_regions(dynamic, backend) if compile else EAGER
         self.step: StepFn = functools.partial(masked_step, self.regions)
         self.weights = fast_weights(dit)
-        self.vocoder = vocoder if vocoder is not None and vocoder.decodes_windows else None
         self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
         self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_enabled else None
@@ -698,7 +649,7 @@ class FastSolver:
         found = self._buckets.get(key)
         if found is None:
             t0 = time.perf_counter()
-            found = _Bucket(self.dit, self.weights, frames, rows, guided, self.device, self.vocoder)
+            found = _Bucket(self.dit, self.weights, frames, rows, guided, self.device)
             if self.graphs_enabled:
                 # The first capture also compiles and initialises cuBLAS/cuDNN: warm it up
                 # a few times; later buckets reuse all that and need one run.
@@ -751,33 +702,6 @@ class FastSolver:
         the caller can queue the vocoder while the GPU still runs the steps."""
         item = BatchItem(ref_mel, text_ids, frames, noise)
         return self.sample_batch([item], nfe=nfe, cfg_strength=cfg_strength, sway=sway)[0]
-
-    @torch.no_grad()
-    def speak(
-        self,
-        ref_mel: Tensor,
-        text_ids: Tensor,
-        frames: int,
-        *,
-        start: int,
-        nfe: int,
-        cfg_strength: float,
-        sway: float | None,
-        noise: Tensor,
-        solved: Callable[[], None] = lambda: None,
-    ) -> Tensor:
-        """:meth:`sample`, then the vocoder in the bucket's own graph: the (samples,) waveform
-        that ``vocoder(mel[:, start:frames])`` gives for :meth:`sample`'s mel, with no host sync.
-        ``solved`` is called between the two (the engine times its stages with CUDA events).
-        Only with a vocoder (``self.vocoder``)."""
-        if self.vocoder is None:
-            raise RuntimeError("this solver has no vocoder that decodes windows")
-        b = self._bucket(bucket(frames, self.granularity), 1, sampler.is_guided(cfg_strength))
-        b.load(0, BatchItem(ref_mel, text_ids, frames, noise), start)
-        b.cfg.fill_(cfg_strength)
-        b.run(self.step, *self._schedule(nfe, sway))
-        solved()
-        return b.decode()[0, start * HOP : frames * HOP]
 
     @torch.no_grad()
     def sample_batch(

@@ -295,7 +295,7 @@ class Engine:
                 # The vocoder stays eager: compiled it ran 2.7 ms against 2.4 eager on the H100,
                 # and each new audio length cost a ~150 ms re-trace on first use.
             try:
-                fast = accel.FastSolver(dit, device, compile=spec.compile, graphs=spec.cuda_graphs, vocoder=voc)
+                fast = accel.FastSolver(dit, device, compile=spec.compile, graphs=spec.cuda_graphs)
             except ValueError as exc:  # a model variant the fast path does not handle
                 raise EngineError(
                     f"{spec.architecture}: {exc}; set [model] compile = false and cuda_graphs = false"
@@ -403,32 +403,17 @@ class Engine:
         """One chunk: ODE solve then vocoder; returns the generated part's samples."""
         clock = _StageClock(self.device)
         clock.mark()
-        fast = self.fast if self.fast is not None and dit is self.fast.dit else None
-        if fast is not None and fast.vocoder is not None:
-            # Solve and decode in the bucket's graphs (the vocoder's launches were ~1 ms of host time).
-            wave = fast.speak(
-                ref_mel,
-                ids,
-                frames,
-                start=ref.frames,
-                nfe=req.nfe,
-                cfg_strength=req.cfg_strength,
-                sway=req.sway,
-                noise=noise,
-                solved=clock.mark,
+        if self.fast is not None and dit is self.fast.dit:
+            mel = self.fast.sample(
+                ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
             )
         else:
-            if fast is not None:
-                mel = fast.sample(
-                    ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
-                )
-            else:
-                mel = sampler.sample(
-                    dit, ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
-                )
-            clock.mark()
-            with sampler.exact_length_convs(self.device):
-                wave = self.vocoder(mel[:, ref.frames :, :].permute(0, 2, 1).float())[0]
+            mel = sampler.sample(
+                dit, ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
+            )
+        clock.mark()
+        with sampler.exact_length_convs(self.device):
+            wave = self.vocoder(mel[:, ref.frames :, :].permute(0, 2, 1).float())[0]
         if ref.rms < req.target_rms:
             wave = wave * (ref.rms / req.target_rms)
         clock.mark()

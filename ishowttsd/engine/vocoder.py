@@ -42,53 +42,18 @@ class Vocoder(nn.Module):
         self.register_buffer("window", torch.hann_window(self.win_length), persistent=False)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self._istft(self._spectrum(self.backbone(mel)))
-
-    @property
-    def decodes_windows(self) -> bool:
-        """Whether :meth:`decode_window` can run: Vocos's "same" padding (its 24 kHz mel model)
-        and no band conditioning."""
-        return self.padding == "same" and not getattr(self.backbone, "adanorm", True)
-
-    def decode_window(self, mel: Tensor, keep: Tensor) -> Tensor:
-        """Decode one run of frames per row at a padded length, as :meth:`forward` decodes those
-        frames alone.
-
-        ``mel`` (B, n_mels, N); ``keep`` (B, N) bool, True on one contiguous run [a, b) per row.
-        Returns (B, N * hop) whose samples [a * hop, b * hop) are ``forward(mel[..., a:b])`` (up
-        to float rounding); the samples outside are not audio (the run's window tails), for the
-        caller to cut away.  Frames outside the run are zeroed before every
-        convolution, which is the zero padding the alone-decoding sees, and left out of the
-        inverse STFT's overlap-add and its window envelope.  Fixed shapes and no host sync, so a
-        CUDA graph captures it per length bucket (accel.py): eager, the vocoder is about 60 small
-        kernel launches (bench/NOTES.md item 26).
-        """
-        backbone: Any = self.backbone  # vocos's VocosBackbone (untyped)
-        weight = keep[:, None, :].to(mel.dtype)
-        x = backbone.embed(mel * weight)
-        x = backbone.norm(x.transpose(1, 2)).transpose(1, 2)
-        for block in backbone.convnext:
-            x = block(x * weight)
-        spec = self._spectrum(backbone.final_layer_norm(x.transpose(1, 2)))
-        return self._overlap_add(spec * weight, weight)
-
-    def _spectrum(self, features: Tensor) -> Tensor:
-        """The head: (B, N, dim) backbone features to the complex (B, n_fft / 2 + 1, N) spectrum."""
-        x = self.out(features).transpose(1, 2).float()
+        x = self.backbone(mel)
+        x = self.out(x).transpose(1, 2).float()
         mag, phase = x.chunk(2, dim=1)
         # Same safeguard as Vocos: exp() of a bad logit must not reach infinity.
         mag = torch.clip(torch.exp(mag), max=1e2)
-        return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+        return self._istft(spec)
 
     def _istft(self, spec: torch.Tensor) -> torch.Tensor:
-        if self.padding == "center":
-            return torch.istft(spec, self.n_fft, self.hop_length, self.win_length, self.window, center=True)
-        return self._overlap_add(spec, None)
-
-    def _overlap_add(self, spec: Tensor, frame_weight: Tensor | None) -> Tensor:
-        """Vocos's "same"-padding inverse STFT; ``frame_weight`` (B, 1, N) leaves frames out of
-        the window envelope too (where no frame is left, 0 instead of 0 / 0)."""
         window = self.window
+        if self.padding == "center":
+            return torch.istft(spec, self.n_fft, self.hop_length, self.win_length, window, center=True)
         pad = (self.win_length - self.hop_length) // 2
         frames = spec.shape[-1]
         ifft = torch.fft.irfft(spec, self.n_fft, dim=1, norm="backward") * window[None, :, None]
@@ -97,18 +62,10 @@ class Vocoder(nn.Module):
             ifft, output_size=(1, size), kernel_size=(1, self.win_length), stride=(1, self.hop_length)
         )[:, 0, 0, pad:-pad]
         window_sq = window.square().expand(1, frames, -1).transpose(1, 2)
-        if frame_weight is None:
-            envelope = nn.functional.fold(
-                window_sq, output_size=(1, size), kernel_size=(1, self.win_length), stride=(1, self.hop_length)
-            ).reshape(-1)[pad:-pad]
-            return y / envelope
         envelope = nn.functional.fold(
-            window_sq * frame_weight.float(),
-            output_size=(1, size),
-            kernel_size=(1, self.win_length),
-            stride=(1, self.hop_length),
-        )[:, 0, 0, pad:-pad]
-        return torch.where(envelope > 1e-11, y / envelope, 0.0)
+            window_sq, output_size=(1, size), kernel_size=(1, self.win_length), stride=(1, self.hop_length)
+        ).reshape(-1)[pad:-pad]
+        return y / envelope
 
 
 def _vocos_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module], type[nn.Module]]:

@@ -158,18 +158,6 @@ def test_compiled_fast_path_matches_eager(torch_cuda: Any) -> None:
         alone = [fast.fast.sample_batch([item], nfe=7, cfg_strength=2.0, sway=-1.0)[0] for item in items]
     for a, b in zip(pair, alone, strict=True):
         assert float((a - b).norm() / b.norm()) < 5e-3
-    # The vocoder captured in the bucket's graph (what every request runs) against the vocoder
-    # run after the solve at the request's exact length.
-    assert fast.fast.vocoder is not None
-    item, start = items[0], voice.reference.frames
-    kw = {"nfe": 7, "cfg_strength": 2.0, "sway": -1.0, "noise": item.noise}
-    with torch.inference_mode():
-        mel = fast.fast.sample(item.ref_mel, item.text_ids, item.frames, **kw)
-        with sampler.exact_length_convs(fast.device):
-            want_wave = fast.vocoder(mel[:, start:, :].permute(0, 2, 1).float())[0]
-        got_wave = fast.fast.speak(item.ref_mel, item.text_ids, item.frames, start=start, **kw)
-    assert got_wave.shape == want_wave.shape
-    assert float((got_wave - want_wave).abs().max() / want_wave.abs().max()) < 1e-4
 
 
 def test_grouped_conv_kernel_matches_cudnn(torch_cuda: Any) -> None:
