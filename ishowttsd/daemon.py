@@ -236,8 +236,11 @@ class Daemon:
             raise ReloadFailed("no voice could be loaded: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
         warm_voice = voices.get(cfg.synthesis.default_voice) or next(iter(voices.values()))
         nfes = sorted({self.effective_nfe(), *(v.nfe for v in cfg.voices if v.nfe is not None)})
+        # Guided and unguided (cfg_strength 0) requests run different shapes: warm what is configured.
+        voice_cfgs = (v.cfg_strength for v in cfg.voices if v.cfg_strength is not None)
+        strengths = sorted({cfg.synthesis.cfg_strength, *voice_cfgs})
         progress(f"warming up (nfe {', '.join(map(str, nfes))})")
-        engine.warm_up(warm_voice, nfes)
+        engine.warm_up(warm_voice, nfes, strengths)
         return ModelSlot(engine=engine, voices=voices, spec=cfg.model, voice_errors=errors)
 
     async def _install(self, slot: ModelSlot) -> None:

@@ -8,6 +8,7 @@ vocab and vocoder are local paths, or built in-process with seeded random weight
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -505,27 +506,35 @@ class Engine:
 
     # ------------------------------------------------------------------ warm-up
 
-    def warm_up(self, voice: PreparedVoice, nfe_values: Iterable[int]) -> None:
+    def warm_up(
+        self,
+        voice: PreparedVoice,
+        nfe_values: Iterable[int],
+        cfg_strengths: Iterable[float] = (SynthesisRequest.cfg_strength,),
+    ) -> None:
         """Run every NFE requests will use once, and check the audio is finite and not silent.
 
         If half precision needed the fp32 fallback here, this GPU's fp16/bf16 output is broken:
         the engine switches to fp32 for good (and says so) rather than pay twice per request.
 
         With the fast path on, every length bucket a default-speed request on this voice can
-        hit is compiled and captured first, so no request pays for it.
+        hit is compiled and captured first, so no request pays for it, for each guidance mode
+        among ``cfg_strengths`` (guided, or unguided at 0: their shapes differ).
         """
+        strengths = {sampler.is_guided(c): c for c in sorted(set(cfg_strengths))}
         if self.fast is not None:
             t0 = time.perf_counter()
             try:
-                captured = self.fast.precapture(self.fast.warm_frames(voice.reference.frames + 1))
+                frames = self.fast.warm_frames(voice.reference.frames + 1)
+                captured = sum(self.fast.precapture(frames, guided=guided) for guided in sorted(strengths))
             except Exception as exc:
                 raise EngineError(f"compiling/capturing the model failed: {type(exc).__name__}: {exc}") from exc
             log.info(
                 "fast path ready",
                 extra={"graphs": captured, "compiled": self.fast.compiled, "s": round(time.perf_counter() - t0, 2)},
             )
-        for nfe in sorted(set(nfe_values)):
-            req = SynthesisRequest(text=_WARMUP_TEXT, voice_id=voice.id, nfe=nfe, seed=0)
+        for nfe, cfg in itertools.product(sorted(set(nfe_values)), strengths.values()):
+            req = SynthesisRequest(text=_WARMUP_TEXT, voice_id=voice.id, nfe=nfe, cfg_strength=cfg, seed=0)
             try:
                 result = self.synthesize(voice, req)
             except (Cancelled, VoiceError):
@@ -549,5 +558,9 @@ class Engine:
                 self.info = replace(self.info, precision="fp32", compiled=False, cuda_graphs=False)
             log.info(
                 "warm-up done",
-                extra={"nfe": nfe, "rtf": round(result.timings["total"] / max(result.duration_s, 1e-9), 4)},
+                extra={
+                    "nfe": nfe,
+                    "cfg_strength": cfg,
+                    "rtf": round(result.timings["total"] / max(result.duration_s, 1e-9), 4),
+                },
             )

@@ -286,3 +286,24 @@ def test_every_answer_names_its_request_and_is_logged_after_it_is_sent(  # type:
         assert len(data) > 1000
         done = wait_done(daemon, lambda e: e.get("request_id") == request_id)
         assert done["endpoint"] == path
+
+
+def test_warm_up_covers_every_configured_guidance(tmp_path: Path) -> None:
+    """Guided and unguided (cfg_strength 0) requests run different shapes on the GPU: the daemon
+    warms up each guidance its config can send, the default's and each voice's."""
+    config = """
+[synthesis]
+cfg_strength = 2.0
+[[voices]]
+id = "default"
+reference_text = "Some call me nature, others call me mother nature."
+[[voices]]
+id = "plain"
+reference_text = "Some call me nature, others call me mother nature."
+cfg_strength = 0.0
+"""
+    with running_daemon(tmp_path, config=config) as d:
+        warmed = sorted(e["cfg_strength"] for e in d.events() if e.get("event") == "warm-up done")
+        assert warmed == [0.0, 2.0]
+        status, _, body = post_json(d.url + "/v1/audio/speech", {"input": SENTENCE, "voice": "plain"})
+        assert status == 200 and len(decode(body)[0]) > 24000

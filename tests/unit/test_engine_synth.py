@@ -159,3 +159,28 @@ def test_half_precision_guard_falls_back_to_fp32(caplog: pytest.LogCaptureFixtur
     engine.warm_up(voice, [7])  # half precision is broken here: the engine switches to fp32 for good
     assert engine.precision == "fp32" and engine.info.precision == "fp32"
     assert not engine.synthesize(voice, _req()).fp32_fallback
+
+
+def test_warm_up_captures_and_runs_each_guidance_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One warm synthesis per (NFE, guidance), and the fast path precaptures both guidance
+    modes' buckets (on the CPU it captures nothing, so the calls are recorded)."""
+    from ishowttsd.engine import accel
+
+    engine = _tiny()
+    voice = engine.prepare_voice(VoiceSpec(id="default"))
+    engine.fast = accel.FastSolver(engine.dit, engine.device, compile=False, graphs=False)
+    asked: list[bool] = []
+    real = engine.fast.precapture
+
+    def spy(frames: Any, guided: bool = True, rows: int = 1) -> int:
+        asked.append(guided)
+        return real(frames, guided=guided, rows=rows)
+
+    monkeypatch.setattr(engine.fast, "precapture", spy)
+    caplog.set_level("INFO", logger="ishowttsd.engine")
+    engine.warm_up(voice, [7, 6], [2.0, 0.0, 1.5])
+    assert sorted(asked) == [False, True]
+    done = sorted((r.nfe, r.cfg_strength) for r in caplog.records if r.message == "warm-up done")  # type: ignore[attr-defined]
+    assert done == [(6, 0.0), (6, 2.0), (7, 0.0), (7, 2.0)]
