@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""First request of a new text length: cuDNN on vs off for the exact-length convolutions
-(text embedding, vocoder), on the fast path the daemon uses (CUDA graphs), fp16, full size.
+"""First request of a new text length, on the engine as the daemon runs it (compile + CUDA
+graphs, fp16, full size): what does a length the engine has not seen cost, and where?
 
-Prints, per variant: the first and second call at four new lengths, and the steady-state
-median of one text.  Usage on the device: python3 bench/diag_new_length.py
+The solve runs in bucket-shaped graphs captured at warm-up; what still runs at each request's
+exact length is the vocoder.  Per new length: the first and the second call, with their stage
+times (text prep, ODE, vocoder); then a steady-state median of one text.
+
+Earlier version (run 5, NOTES.md item 6): cuDNN on/off for the exact-length convolutions.
+Usage on the device: python3 bench/diag_new_length.py [--cache-dir DIR]
 """
+
 from __future__ import annotations
 
-import contextlib
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -15,37 +20,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
-from ishowttsd.engine import sampler
 from ishowttsd.engine.f5 import Engine
 from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
 
-WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen"]
-original = sampler.exact_length_convs
+TEXT = (
+    "welcome back to the stream everyone thanks for the follows and the subs today we try something new "
+    "with the old mine at the bottom of the map so grab a drink this will take a while"
+)
+WORDS = TEXT.split(" ")
 
 
-def run(variant: str, offset: int) -> None:
-    sampler.exact_length_convs = original if variant == "cudnn-off" else (lambda _d: contextlib.nullcontext())
-    eng = Engine.load(ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda",
-                                cuda_graphs=True), vocoder="untrained")
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--lengths", type=int, default=6, help="new lengths per variant")
+    args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    print("DIAG", torch.cuda.get_device_name(0), torch.__version__)
+    spec = ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda", compile=True, cuda_graphs=True)
+    eng = Engine.load(spec, vocoder="untrained", cache_dir=args.cache_dir)
     voice = eng.prepare_voice(VoiceSpec(id="default"))
     eng.warm_up(voice, [7])
 
-    def call(text: str) -> float:
+    def call(text: str) -> dict[str, float]:
         s = eng.synthesize(voice, SynthesisRequest(text=text, voice_id="default", nfe=7, seed=1))
-        return s.timings["total"] * 1e3
+        return {k: v * 1e3 for k, v in s.timings.items()}
 
-    for k in range(4):
-        text = " ".join(WORDS[: 3 + 2 * k + offset]) + "."
+    def fmt(t: dict[str, float]) -> str:
+        return f"{t['total']:.1f} ms (text {t['text_prep']:.1f}, ode {t['ode']:.1f}, vocoder {t['vocoder']:.1f})"
+
+    extras = []
+    for n in range(1, args.lengths + 1):
+        text = " ".join(WORDS[: 4 + 3 * n]) + "."
         first, second = call(text), call(text)
-        print(f"DIAG {variant} len={len(text)} first={first:.1f} ms second={second:.1f} ms "
-              f"extra={first - second:.1f} ms", flush=True)
-    steady = [call("Welcome back to the stream, everyone. Today we try something new.") for _ in range(12)][2:]
-    print(f"DIAG {variant} steady median={statistics.median(steady):.1f} ms "
-          f"min={min(steady):.1f} max={max(steady):.1f}", flush=True)
-    torch.cuda.empty_cache()
+        extras.append(first["total"] - second["total"])
+        print(f"DIAG {len(text)} bytes: first {fmt(first)}, second {fmt(second)}")
+    print(f"DIAG a new length costs +{statistics.median(extras):.1f} ms (median of {len(extras)})")
+    steady = [call("Welcome back to the stream, everyone. Today we try something new.")["total"] for _ in range(12)]
+    print(f"DIAG steady median {statistics.median(steady[2:]):.1f} ms")
 
-
-print("DIAG", torch.cuda.get_device_name(0), torch.__version__, flush=True)
-run("cudnn-on", 0)
-run("cudnn-off", 1)  # other lengths: nothing cached from the first variant
+if __name__ == "__main__":
+    main()
