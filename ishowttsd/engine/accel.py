@@ -295,23 +295,43 @@ def fast_weights(dit: DiTModule) -> FastWeights:
     )
 
 
+def _modulated_norm(norm: Any, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """Upstream's AdaLN application: the block's LayerNorm (no affine), then scale and shift."""
+    return norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+class NextNorm(NamedTuple):
+    """The AdaLN input of what follows a block: the next block's attention norm, or the final
+    norm after the last block, with its shift and scale for this step."""
+
+    norm: Any  # nn.LayerNorm without affine
+    shift: Tensor  # (1, dim)
+    scale: Tensor  # (1, dim)
+
+
 def _block(
     block: Any,
     qkv: tuple[Tensor, Tensor | None],
     plan: BlockPlan,
     x: Tensor,
+    norm: Tensor,
     mod: Tensor,
+    following: NextNorm,
     rope: Rope,
     keys: Tensor,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """``DiTBlock.forward`` attending to the real keys only (dropout is off in eval).
     ``plan`` is :meth:`FastWeights.block_plan`; ``mod`` the block's (1, 6 * dim) AdaLN
     modulation for this step (:func:`modulations`); ``keys`` the (G, N) :func:`key_bias` with the
-    key column, else the (G, 1, 1, N) mask."""
+    key column, else the (G, 1, 1, N) mask.
+
+    ``norm`` is this block's modulated attention norm of ``x``, computed by whatever ran
+    before; the block returns its output and ``following``'s modulated norm of it.  Computing
+    the next norm here fuses it with the last residual add into one pass over the activations
+    instead of two (about 1 ms a solve on the H100, bench/NOTES.md item 29)."""
     half_split, fused_rotation, key_column, gelu_epilogue = plan
     # upstream's AdaLayerNorm, with its linear(silu(t)) precomputed per step
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
-    norm = block.attn_norm.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+    _shift_msa, _scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
     attn = block.attn
     g, n = norm.shape[0], norm.shape[1]
     if fused_rotation:
@@ -332,26 +352,51 @@ def _block(
     o = column_attention(q, k, v) if key_column else masked_attention(q, k, v, keys)
     o = o.reshape(g, n, -1)
     x = x + gate_msa.unsqueeze(1) * attn.to_out[0](o)
-    norm = block.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-    return x + gate_mlp.unsqueeze(1) * _feed_forward(block.ff, norm, gelu_epilogue)
+    norm = _modulated_norm(block.ff_norm, x, shift_mlp, scale_mlp)
+    x = x + gate_mlp.unsqueeze(1) * _feed_forward(block.ff, norm, gelu_epilogue)
+    return x, _modulated_norm(following.norm, x, following.shift, following.scale)
 
 
-def _embed_input(dit: DiTModule, weights: FastWeights, x: Tensor, cond: Tensor, text: Tensor, mask: Tensor) -> Tensor:
-    """The DiT's input embedding on the padded CFG batch (projection + position convs)."""
+def following_norms(dit: DiTModule, modulation: Tensor) -> list[NextNorm]:
+    """For each block, the norm that follows it (:class:`NextNorm`), from a step's row of
+    :func:`modulations`: block i + 1's attention norm, and after the last block the final norm
+    (upstream's AdaLayerNorm_Final chunks its modulation as scale, then shift)."""
+    blocks = dit.transformer_blocks
+    out = []
+    for i in range(1, len(blocks)):
+        shift, scale = torch.chunk(modulation[i], 6, dim=1)[:2]
+        out.append(NextNorm(blocks[i].attn_norm.norm, shift, scale))
+    dim = modulation.shape[-1] // 6
+    scale, shift = torch.chunk(modulation[-1, :, : 2 * dim], 2, dim=1)
+    out.append(NextNorm(dit.norm_out.norm, shift, scale))
+    return out
+
+
+def _embed_input(
+    dit: DiTModule, weights: FastWeights, x: Tensor, cond: Tensor, text: Tensor, mask: Tensor, first: NextNorm
+) -> tuple[Tensor, Tensor]:
+    """The DiT's input embedding on the padded CFG batch (projection + position convs), and
+    the first block's modulated attention norm of it (``first``)."""
     groups = text.shape[0]
     h_in = _cfg_rows(x.to(text.dtype), groups)
     embed = dit.input_embed
     h = embed.proj(torch.cat((h_in, cond, text), dim=-1))
-    return kernels.conv_position_embedding(weights.conv, h, _cfg_rows(mask, groups)) + h
+    h = kernels.conv_position_embedding(weights.conv, h, _cfg_rows(mask, groups)) + h
+    return h, _modulated_norm(first.norm, h, first.shift, first.scale)
 
 
-def _finish(dit: DiTModule, h: Tensor, residual: Tensor, mod: Tensor, x: Tensor, dt: Tensor, cfg: Tensor) -> Tensor:
+def _finish(
+    dit: DiTModule, h: Tensor, normed: Tensor, residual: Tensor, mod: Tensor, x: Tensor, dt: Tensor, cfg: Tensor
+) -> Tensor:
     """Output layers, classifier-free guidance and the Euler update (the state stays fp32).
-    ``mod``: the final norm's (1, 2 * dim) modulation for this step (:func:`modulations`)."""
+    ``normed``: the final norm of ``h``, which the last block computed; ``mod``: the final
+    norm's (1, 2 * dim) modulation for this step (:func:`modulations`), needed again only with a
+    long skip connection, which changes what is normed."""
     if dit.long_skip_connection is not None:
         h = dit.long_skip_connection(torch.cat((h, residual), dim=-1))
-    scale, shift = torch.chunk(mod, 2, dim=1)  # upstream's AdaLayerNorm_Final
-    out = dit.proj_out(dit.norm_out.norm(h) * (1 + scale)[:, None, :] + shift[:, None, :])
+        scale, shift = torch.chunk(mod, 2, dim=1)  # upstream's AdaLayerNorm_Final
+        normed = _modulated_norm(dit.norm_out.norm, h, shift, scale)
+    out = dit.proj_out(normed)
     if out.shape[0] == 2 * x.shape[0]:
         pred, null = torch.chunk(out, 2, dim=0)
         out = pred + (pred - null) * cfg
@@ -367,8 +412,8 @@ class Regions(NamedTuple):
     item 15).  Eager, they are the plain functions.
     """
 
-    embed: Callable[..., Tensor]
-    block: Callable[..., Tensor]
+    embed: Callable[..., tuple[Tensor, Tensor]]  # (h, the first block's norm of it)
+    block: Callable[..., tuple[Tensor, Tensor]]  # (h, the following norm of it)
     finish: Callable[..., Tensor]
     dynamic: bool  # mark the length dimension dynamic before the first compile
 
@@ -429,20 +474,27 @@ def masked_step(
     unconditional ones) or B, ``mask`` (B, N) bool (True = real frame), ``modulation`` this
     step's row of :func:`modulations`, ``cfg`` a 0-d tensor.  A pure function of tensors with no
     host syncs, so a CUDA graph can capture it."""
+    blocks = dit.transformer_blocks
+    shift, scale = torch.chunk(modulation[0], 6, dim=1)[:2]
     if regions.dynamic:
         _mark_length(x, cond, text, mask, *rope)
-    h = regions.embed(dit, weights, x, cond, text, mask)
+    h, norm = regions.embed(dit, weights, x, cond, text, mask, NextNorm(blocks[0].attn_norm.norm, shift, scale))
     groups = text.shape[0]
     keys = key_bias(mask, groups, h.dtype) if weights.key_column else _key_mask(mask, groups)
     if regions.dynamic:
-        _mark_length(h)
         _mark_length(keys, dim=1 if weights.key_column else 3)
     plan = weights.block_plan()
     residual = h
-    for i, (block, qkv) in enumerate(zip(dit.transformer_blocks, weights.qkv, strict=True)):
-        h = regions.block(block, qkv, plan, h, modulation[i], rope, keys)
+    for i, (block, qkv, following) in enumerate(
+        zip(blocks, weights.qkv, following_norms(dit, modulation), strict=True)
+    ):
+        if regions.dynamic:
+            _mark_length(h, norm)
+        h, norm = regions.block(block, qkv, plan, h, norm, modulation[i], following, rope, keys)
     final = modulation[-1, :, : 2 * h.shape[-1]]
-    return regions.finish(dit, h, residual, final, x, dt, cfg)
+    if regions.dynamic:
+        _mark_length(h, norm)
+    return regions.finish(dit, h, norm, residual, final, x, dt, cfg)
 
 
 def modulations(dit: DiTModule, time_emb: Tensor) -> Tensor:

@@ -50,15 +50,21 @@ def test_padded_masked_solve_matches_eager(
     assert rel < 1e-5, rel
 
 
-def test_deeper_model_takes_each_blocks_own_modulation(tiny_engine: Any, default_voice: Any) -> None:
-    """Three blocks (the tiny preset has one): each step's precomputed AdaLN modulations must
-    reach the right block and the final norm (accel.modulations)."""
+def _three_blocks(engine: Any) -> Any:
+    """The tiny preset with three blocks instead of one (seeded, zero-init layers randomised)."""
     from ishowttsd.engine.upstream import DiT
 
-    kwargs = {**get_preset("tiny").dit, "depth": 3, "text_num_embeds": len(tiny_engine.vocab), "mel_dim": 100}
+    kwargs = {**get_preset("tiny").dit, "depth": 3, "text_num_embeds": len(engine.vocab), "mel_dim": 100}
     torch.manual_seed(4)
     dit = DiT(**kwargs).eval().requires_grad_(False)
     _randomise_zero_init(dit)
+    return dit
+
+
+def test_deeper_model_takes_each_blocks_own_modulation(tiny_engine: Any, default_voice: Any) -> None:
+    """Three blocks (the tiny preset has one): each step's precomputed AdaLN modulations must
+    reach the right block and the final norm (accel.modulations)."""
+    dit = _three_blocks(tiny_engine)
     time_emb, _ = sampler.time_embeddings(dit, 7, -1.0, torch.device("cpu"))
     mods = accel.modulations(dit, time_emb)
     assert mods.shape == (7, 4, 1, 6 * 32)
@@ -166,13 +172,19 @@ def test_compiled_step_traces_once_for_every_length_bucket(tiny_engine: Any, def
     """The compiled regions are traced at the first bucket with only the length symbolic, and
     every later bucket reuses them: dynamo must not recompile (a recompile is seconds of a
     restart on the GPU, or a stall on the first request of a new length).  Traced with the
-    ``aot_eager`` backend: dynamo's tracing and guards, without inductor's code generation."""
+    ``aot_eager`` backend: dynamo's tracing and guards, without inductor's code generation.
+    Three blocks: one compiled block serves every block, the last one (followed by the final
+    norm, not a block's) included."""
+    from torch._dynamo.utils import counters
+
     ref = default_voice.reference
     ref_mel = tiny_engine._reference_mel(ref, 0.1)
     ids = tiny_engine._tokens(ref.text, "Every length bucket runs the same compiled code.")
-    eager = accel.FastSolver(tiny_engine.dit, torch.device("cpu"), compile=False, graphs=False)
+    dit = _three_blocks(tiny_engine)
+    eager = accel.FastSolver(dit, torch.device("cpu"), compile=False, graphs=False)
     torch._dynamo.reset()
-    fast = accel.FastSolver(tiny_engine.dit, torch.device("cpu"), compile=True, graphs=False, backend="aot_eager")
+    graphs_before = counters["stats"]["unique_graphs"]
+    fast = accel.FastSolver(dit, torch.device("cpu"), compile=True, graphs=False, backend="aot_eager")
     for i, extra in enumerate((40, 130, 260)):
         frames = sampler.total_frames(ref.frames + extra, ref_mel.shape[1], ids.shape[1])
         noise = sampler.initial_noise(frames, 100, torch.Generator().manual_seed(extra), torch.device("cpu"))
@@ -182,4 +194,5 @@ def test_compiled_step_traces_once_for_every_length_bucket(tiny_engine: Any, def
             want = eager.sample(ref_mel, ids, frames, nfe=6, cfg_strength=2.0, sway=-1.0, noise=noise)
         assert float((got - want).norm() / want.norm()) < 1e-5
     assert len({accel.bucket(f) for f in (ref.frames + 40, ref.frames + 260)}) == 2
+    assert counters["stats"]["unique_graphs"] - graphs_before == 3  # embed, block, finish
     torch._dynamo.reset()
