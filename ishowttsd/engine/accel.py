@@ -328,7 +328,7 @@ def _block(
     ``norm`` is this block's modulated attention norm of ``x``, computed by whatever ran
     before; the block returns its output and ``following``'s modulated norm of it.  Computing
     the next norm here fuses it with the last residual add into one pass over the activations
-    instead of two (about 1 ms a solve on the H100, bench/NOTES.md item 29)."""
+    instead of two (0.4-0.6 ms a solve on the H100, bench/NOTES.md item 29)."""
     half_split, fused_rotation, key_column, gelu_epilogue = plan
     # upstream's AdaLayerNorm, with its linear(silu(t)) precomputed per step
     _shift_msa, _scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
@@ -357,15 +357,18 @@ def _block(
     return x, _modulated_norm(following.norm, x, following.shift, following.scale)
 
 
+def attention_norm(block: Any, mod: Tensor) -> NextNorm:
+    """A block's attention norm with its shift and scale, the first two of its six modulations."""
+    shift, scale = torch.chunk(mod, 6, dim=1)[:2]
+    return NextNorm(block.attn_norm.norm, shift, scale)
+
+
 def following_norms(dit: DiTModule, modulation: Tensor) -> list[NextNorm]:
     """For each block, the norm that follows it (:class:`NextNorm`), from a step's row of
     :func:`modulations`: block i + 1's attention norm, and after the last block the final norm
     (upstream's AdaLayerNorm_Final chunks its modulation as scale, then shift)."""
     blocks = dit.transformer_blocks
-    out = []
-    for i in range(1, len(blocks)):
-        shift, scale = torch.chunk(modulation[i], 6, dim=1)[:2]
-        out.append(NextNorm(blocks[i].attn_norm.norm, shift, scale))
+    out = [attention_norm(blocks[i], modulation[i]) for i in range(1, len(blocks))]
     dim = modulation.shape[-1] // 6
     scale, shift = torch.chunk(modulation[-1, :, : 2 * dim], 2, dim=1)
     out.append(NextNorm(dit.norm_out.norm, shift, scale))
@@ -475,10 +478,9 @@ def masked_step(
     step's row of :func:`modulations`, ``cfg`` a 0-d tensor.  A pure function of tensors with no
     host syncs, so a CUDA graph can capture it."""
     blocks = dit.transformer_blocks
-    shift, scale = torch.chunk(modulation[0], 6, dim=1)[:2]
     if regions.dynamic:
         _mark_length(x, cond, text, mask, *rope)
-    h, norm = regions.embed(dit, weights, x, cond, text, mask, NextNorm(blocks[0].attn_norm.norm, shift, scale))
+    h, norm = regions.embed(dit, weights, x, cond, text, mask, attention_norm(blocks[0], modulation[0]))
     groups = text.shape[0]
     keys = key_bias(mask, groups, h.dtype) if weights.key_column else _key_mask(mask, groups)
     if regions.dynamic:

@@ -521,6 +521,7 @@ class Engine:
         hit is compiled and captured first, so no request pays for it, for each guidance mode
         among ``cfg_strengths`` (guided, or unguided at 0: their shapes differ).
         """
+        # One strength per guidance mode (the largest): the shapes depend on the mode only.
         strengths = {sampler.is_guided(c): c for c in sorted(set(cfg_strengths))}
         if self.fast is not None:
             t0 = time.perf_counter()
