@@ -278,7 +278,8 @@ def test_every_answer_names_its_request_and_is_logged_after_it_is_sent(  # type:
 ) -> None:
     """The X-Request-Id the client sent comes back (whole responses, streams, errors), and the
     request's log line, written once the response is out, carries the same id."""
-    request_id = f"rid-{abs(hash((path, json.dumps(body)))) % 10**8}"
+    kind = "stream" if body.get("stream") else "whole"
+    request_id = f"rid-{path.strip('/').replace('/', '-')}-{kind}-{status}"
     got_status, echoed, data = _post_with_id(daemon.port, path, body, request_id)
     assert got_status == status, data[:300]
     assert echoed == request_id
