@@ -500,10 +500,10 @@ def server_side(log: Path, latencies: list[float]) -> dict[str, float]:
         if rec.get("event") != "synthesis done" or not request_id.startswith(WAV_ID):
             continue
         index = int(request_id.removeprefix(WAV_ID))
-        parts = [float(rec.get(name, 0.0)) for name in ("total_s", "queue_wait_s", "encode_s")]
-        for name, value in zip(("total_s", "queue_wait_s", "encode_s"), parts, strict=True):
+        parts = {name: float(rec.get(name, 0.0)) for name in ("total_s", "queue_wait_s", "encode_s")}
+        for name, value in parts.items():
             fields[name].append(value)
-        fields["rest"].append(latencies[index] - sum(parts))
+        fields["rest"].append(latencies[index] - sum(parts.values()))
     if not fields["total_s"]:
         return {}
     out = {f"engine_{k}" if k == "total_s" else k: statistics.median(v) for k, v in fields.items() if k != "rest"}
@@ -520,8 +520,9 @@ def startup_timeline(log: Path, spawned_at: float) -> list[list[Any]]:
     """[seconds since spawn, what] for each start-up line the daemon logged, up to "ready".
 
     The gap before "starting" is Python and the daemon's own imports; from "starting" to the
-    first "loading" the HTTP/admin servers; from there to "building" the engine's imports
-    (torch, f5-tts); the last gaps are compile, capture and warm-up.
+    first "loading" the HTTP/admin servers and the engine's imports (torch, f5-tts: the loading
+    thread imports them before it reports); then building the model, compile set-up, tracing
+    and capture ("fast path ready") and the warm-up synthesis.
     """
     out: list[list[Any]] = []
     for line in log.read_text().splitlines() if log.exists() else []:
