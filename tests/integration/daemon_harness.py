@@ -192,9 +192,11 @@ def running_daemon(workdir: Path, *, config: str | None = None, notify: bool = T
         d.stop()
 
 
-def post_json(url: str, body: Any, timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+def post_json(url: str, body: Any, timeout: float = 60.0,
+              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})},
+                                 method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()

@@ -255,15 +255,6 @@ def test_readyz_is_503_until_warm(tmp_path: Path) -> None:
         d.notify.wait_for(lambda m: "READY=1" in m, 10)  # the datagram may trail the HTTP answer
 
 
-def _post_with_id(port: int, path: str, body: dict, request_id: str) -> tuple[int, str | None, bytes]:  # type: ignore[type-arg]
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", "X-Request-Id": request_id})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, resp.getheader("X-Request-Id"), data
-
-
 @pytest.mark.parametrize(
     ("path", "body", "status"),
     [
@@ -280,9 +271,9 @@ def test_every_answer_names_its_request_and_is_logged_after_it_is_sent(  # type:
     request's log line, written once the response is out, carries the same id."""
     kind = "stream" if body.get("stream") else "whole"
     request_id = f"rid-{path.strip('/').replace('/', '-')}-{kind}-{status}"
-    got_status, echoed, data = _post_with_id(daemon.port, path, body, request_id)
+    got_status, headers, data = post_json(daemon.url + path, body, headers={"X-Request-Id": request_id})
     assert got_status == status, data[:300]
-    assert echoed == request_id
+    assert headers.get("X-Request-Id") == request_id
     if status == 200:
         assert len(data) > 1000
         done = wait_done(daemon, lambda e: e.get("request_id") == request_id)
