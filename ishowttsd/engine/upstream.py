@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.machinery
+import importlib.util
 import sys
 import types
 from collections.abc import Iterator
@@ -85,10 +86,34 @@ def _deferred_librosa_filters() -> Iterator[None]:
             del sys.modules["librosa.filters"]
 
 
+@contextlib.contextmanager
+def _flash_attn_2_only() -> Iterator[None]:
+    """While f5-tts's modules import, a ``flash_attn`` without FlashAttention 2's functions
+    counts as absent.
+
+    f5-tts imports ``flash_attn_func`` whenever any package named ``flash_attn`` is found.
+    flash-attn-4 (engine/flash.py) installs only ``flash_attn.cute`` under that name, so that
+    import fails and f5-tts cannot load at all.  The engine never uses f5-tts's flash backend.
+    """
+    utils: Any = importlib.import_module("f5_tts.model.utils")
+    real = utils.is_package_available
+
+    def available(name: str) -> bool:
+        if name == "flash_attn" and real(name):
+            return importlib.util.find_spec("flash_attn.flash_attn_interface") is not None
+        return bool(real(name))
+
+    utils.is_package_available = available
+    try:
+        yield
+    finally:
+        utils.is_package_available = real
+
+
 _install_lazy_model_package()
 
 # These imports are the only f5-tts code the engine needs at run time.
-with _deferred_librosa_filters():
+with _deferred_librosa_filters(), _flash_attn_2_only():
     from f5_tts.model.backbones.dit import DiT
     from f5_tts.model.modules import MelSpec
 from f5_tts.model.utils import (  # noqa: E402
