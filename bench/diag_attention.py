@@ -11,17 +11,20 @@ to keep the faster kernels:
   score is unchanged (the extra product is exactly 0) and every padded score is about -7500, whose
   exponential is exactly 0 in fp32.  Any unmasked kernel then ignores the padding.
 - **FlexAttention with a block mask**: only the last key blocks read the length.
+- **FlashAttention's CuTe kernels** (flash-attn-4, where installed; engine/flash.py): each row's
+  key count (``seqused_k``), no mask and no column.
 
 Times one layer at the issue's size (CFG batch 2, 1472-frame bucket with 1457 real frames,
 16 heads of 64, fp16) replayed from CUDA graphs after the clocks have risen (the best of three
 medians); errors against fp32 masked SDPA.
 
-Usage: python3 bench/diag_attention.py
+Usage: python3 bench/diag_attention.py [--quick]  (quick: the bound, the fast path's two kernels)
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,6 +65,7 @@ def widened(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width: int, v_wid
 
 
 def main() -> None:
+    quick = "--quick" in sys.argv[1:]
     dev = torch.device("cuda")
     print(f"DIAG {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
     warm = torch.randn(8192, 8192, device=dev, dtype=torch.float16)
@@ -71,7 +75,8 @@ def main() -> None:
     q, k, v = (torch.randn(G, H, N, D, device=dev, dtype=torch.float16) for _ in range(3))
     mask = (torch.arange(N, device=dev) < REAL)[None, None, None, :].expand(G, 1, 1, N)
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-    report("SDPA bool mask (fast path today)", lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), ref)
+    flash_attention(q, k, v, ref)
+    report("SDPA bool mask (the fallback)", lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), ref)
     for name, backend in BACKENDS.items():
 
         def bound(b: SDPBackend = backend) -> torch.Tensor:
@@ -79,6 +84,44 @@ def main() -> None:
                 return F.scaled_dot_product_attention(q, k, v)
 
         report(f"{name} unmasked (bound, not exact)", bound, ref)
+    if not quick:
+        widths(q, k, v, mask, ref)
+    # The fast path's layout: q, k, v token-major (G, N, H, .) storage, so the output (which
+    # cuDNN allocates in q's layout) is already the (G, N, H * d) the next projection reads.
+    qa, ka, va = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in widened(q, k, v, 128, 64))
+
+    def token_major() -> torch.Tensor:
+        o = torch.ops.aten._scaled_dot_product_cudnn_attention(qa, ka, va, None, False, scale=D**-0.5)[0]
+        return o.transpose(1, 2).reshape(G, N, H * D)
+
+    report(
+        "cudnn validity column, token-major (fast path)", lambda: token_major().view(G, N, H, D).transpose(1, 2), ref
+    )
+    if not quick:
+        build = graph_ms(lambda: widened(q, k, v, 72, 72))
+        print(f"DIAG building the widened tensors with torch (upper bound): {build:.4f} ms", flush=True)
+        flex(q, k, v, ref)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref: torch.Tensor) -> None:
+    """FlashAttention's CuTe kernel with key counts, token-major as the fast path calls it."""
+    from ishowttsd.engine import flash
+
+    t0 = time.perf_counter()
+    works = flash.flash_attention_works(q.device, q.dtype)
+    print(f"DIAG FlashAttention probe (import + compile): {works}, {time.perf_counter() - t0:.1f} s", flush=True)
+    if not works:
+        return
+    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    keys = torch.full((G,), REAL, device=q.device, dtype=torch.int32)
+    report(
+        "FlashAttention (CuTe) key counts, token-major",
+        lambda: flash.flash_attention(qt, kt, vt, keys).transpose(1, 2),
+        ref,
+    )
+
+
+def widths(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor) -> None:
     for width, v_width in ((72, 72), (72, 64), (96, 96), (128, 128), (128, 64)):
         qa, ka, va = widened(q, k, v, width, v_width)
         for name, backend in BACKENDS.items():
@@ -96,20 +139,6 @@ def main() -> None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     report("cudnn bool mask", cudnn_masked, ref)
-    # The fast path's layout: q, k, v token-major (G, N, H, .) storage, so the output (which
-    # cuDNN allocates in q's layout) is already the (G, N, H * d) the next projection reads.
-    qa, ka, va = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in widened(q, k, v, 128, 64))
-
-    def token_major() -> torch.Tensor:
-        o = torch.ops.aten._scaled_dot_product_cudnn_attention(qa, ka, va, None, False, scale=D**-0.5)[0]
-        return o.transpose(1, 2).reshape(G, N, H * D)
-
-    report(
-        "cudnn validity column, token-major (fast path)", lambda: token_major().view(G, N, H, D).transpose(1, 2), ref
-    )
-    build = graph_ms(lambda: widened(q, k, v, 72, 72))
-    print(f"DIAG building the widened tensors with torch (upper bound): {build:.4f} ms", flush=True)
-    flex(q, k, v, ref)
 
 
 def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref: torch.Tensor) -> None:

@@ -32,8 +32,9 @@ TEXT = "Welcome back to the stream everyone, thanks for the follows and the subs
 
 # --ab NAME: what is undone, and the FastWeights fields that undo it
 AB = {
-    "rotation": ("kernels.rotate_qkv (undone: inductor rotates)", {"fused_rotation": False, "key_column": False}),
-    "key-column": ("the key-validity column + cuDNN (undone: SDPA's mask)", {"key_column": False}),
+    "rotation": ("kernels.rotate_qkv (undone: inductor rotates)", {"fused_rotation": False, "attention": "mask"}),
+    "key-column": ("the key-validity column + cuDNN (undone: SDPA's mask)", {"attention": "mask"}),
+    "flash": ("FlashAttention with key counts (undone: cuDNN over the key column)", {"attention": "column"}),
     "gelu-epilogue": ("bias + GELU in the matmul epilogue (undone: inductor's kernel)", {"gelu_epilogue": False}),
     "length-only-dynamic": ("only the length symbolic (undone: torch.compile(dynamic=True), every dim)", {}),
 }
@@ -80,7 +81,9 @@ def main() -> None:
         return float((x - want).norm() / want.norm())
 
     print(f"DIAG eager fp16 vs fp32 eager: relative {rel(eager):.2e} (the fp16 rounding scale)")
+    t0 = time.perf_counter()
     fast = accel.FastSolver(eng.dit, eng.device, compile=not args.no_compile, graphs=True)
+    print(f"DIAG solver set-up {time.perf_counter() - t0:.1f} s, attention: {fast.weights.attention}", flush=True)
     with torch.inference_mode():
         t0 = time.perf_counter()
         fast.precapture([frames])

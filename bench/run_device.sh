@@ -3,8 +3,13 @@
 # daemon end to end and its self-check.  Usage on the device: bash bench/run_device.sh
 # Outputs under $OUT (at most 8 files); a short table is printed last.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+# With the optional FlashAttention carried (.fa4b, see flash_device_env.sh) it goes in too.
+if [ -d .fa4b ]; then
+  . bench/flash_device_env.sh || exit 1
+else
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,persistence_mode \

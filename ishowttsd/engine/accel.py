@@ -5,9 +5,10 @@ request of a livestream has a new text length.  So the sequence is padded up to 
 (a multiple of :data:`BUCKET_FRAMES`) and the padding is *masked*, which keeps the output that
 of the unpadded sequence (only float rounding differs):
 
-- attention never attends to padding: a validity column on q and k gives padded keys a
-  weight of exactly 0 so cuDNN's unmasked kernel can run (:func:`column_attention`), or,
-  where that kernel is unavailable, SDPA gets a key-padding mask;
+- attention never attends to padding: FlashAttention reads each row's count of real keys
+  (engine/flash.py, where the optional package is installed), or a validity column on q and k
+  gives padded keys a weight of exactly 0 so cuDNN's unmasked kernel can run
+  (:func:`column_attention`), or, where neither runs, SDPA gets a key-padding mask;
 - the convolutional position embedding zeroes padding before and after each of its convs
   (upstream's ``ConvPositionEmbedding`` with a mask does exactly that), which is the zero
   padding the unpadded conv sees;
@@ -41,13 +42,13 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import kernels, sampler
+from . import flash, kernels, sampler
 
 log = logging.getLogger("ishowttsd.engine")
 
@@ -61,6 +62,8 @@ _FRAMES_PER_SECOND = 24000 / 256
 
 DiTModule = Any
 StepFn = Callable[..., Tensor]
+# How attention leaves out the padded keys, fastest first (see the module docstring).
+Attention = Literal["flash", "column", "mask"]
 
 
 def bucket(frames: int, granularity: int = BUCKET_FRAMES) -> int:
@@ -69,8 +72,9 @@ def bucket(frames: int, granularity: int = BUCKET_FRAMES) -> int:
 
 
 def configure_caches(cache_dir: str | os.PathLike[str] | None) -> dict[str, str]:
-    """Point inductor's and Triton's on-disk caches under ``cache_dir`` (before the first
-    compile: both read these variables when they first need a cache).  Returns what was set."""
+    """Point inductor's, Triton's and FlashAttention's on-disk caches under ``cache_dir`` (before
+    the first compile: each reads these variables when it first needs a cache).  Returns what
+    was set."""
     if not cache_dir:
         return {}
     root = Path(cache_dir)
@@ -78,6 +82,7 @@ def configure_caches(cache_dir: str | os.PathLike[str] | None) -> dict[str, str]
     for key, value in dirs.items():
         Path(value).mkdir(parents=True, exist_ok=True)
         os.environ[key] = value
+    dirs.update(flash.configure_cache(root))
     try:
         import torch._inductor.config as inductor_config
 
@@ -236,11 +241,11 @@ class FastWeights(NamedTuple):
     conv: tuple[tuple[Tensor, Tensor], ...]  # the position embedding's two grouped convs
     half_split: bool  # q/k rows reordered for rotation by halves (see fused_qkv)
     fused_rotation: bool  # split + rotate q/k/v in one kernel (kernels.rotate_qkv)
-    key_column: bool  # that kernel adds the validity column: column_attention, no mask
+    attention: Attention  # how padded keys are left out (attention_keys, _attend)
     gelu_epilogue: bool  # feed-forward's bias + GELU run in its first matmul (_feed_forward)
 
     def block_plan(self) -> BlockPlan:
-        return BlockPlan(self.half_split, self.fused_rotation, self.key_column, self.gelu_epilogue)
+        return BlockPlan(self.half_split, self.fused_rotation, self.attention, self.gelu_epilogue)
 
 
 class BlockPlan(NamedTuple):
@@ -248,7 +253,7 @@ class BlockPlan(NamedTuple):
 
     half_split: bool
     fused_rotation: bool
-    key_column: bool
+    attention: Attention
     gelu_epilogue: bool
 
 
@@ -289,10 +294,34 @@ def fast_weights(dit: DiTModule) -> FastWeights:
         conv=tuple(kernels.conv_weight(m) for m in convs),
         half_split=half_split,
         fused_rotation=fused_rotation,
-        key_column=fused_rotation and column_attention_works(weight.device, weight.dtype),
+        attention=_attention(fused_rotation, weight.device, weight.dtype),
         # cuBLASLt's GELU epilogue is the tanh form, upstream's choice for the DiT blocks.
         gelu_epilogue=weight.is_cuda and all(_tanh_gelu_ff(b) for b in blocks),
     )
+
+
+def _attention(fused_rotation: bool, device: torch.device, dtype: torch.dtype) -> Attention:
+    """The fastest exact attention over padded keys that runs here.  Both unmasked kernels take
+    q/k/v from :func:`kernels.rotate_qkv` (contiguous, token-major)."""
+    if not fused_rotation:
+        return "mask"
+    if flash.flash_attention_works(device, dtype):
+        return "flash"
+    return "column" if column_attention_works(device, dtype) else "mask"
+
+
+def attention_keys(kind: Attention, mask: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
+    """What :func:`_block` needs to leave out the padded keys, from the (B, N) frame mask: their
+    counts (G,) for FlashAttention, the validity column's entries (G, N), or the (G, 1, 1, N) mask."""
+    if kind == "flash":
+        return flash.key_counts(_cfg_rows(mask, groups))
+    return key_bias(mask, groups, dtype) if kind == "column" else _key_mask(mask, groups)
+
+
+def _attend(kind: Attention, q: Tensor, k: Tensor, v: Tensor, keys: Tensor) -> Tensor:
+    if kind == "flash":
+        return flash.flash_attention(q, k, v, keys)
+    return column_attention(q, k, v) if kind == "column" else masked_attention(q, k, v, keys)
 
 
 def _modulated_norm(norm: Any, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -322,20 +351,19 @@ def _block(
 ) -> tuple[Tensor, Tensor]:
     """``DiTBlock.forward`` attending to the real keys only (dropout is off in eval).
     ``plan`` is :meth:`FastWeights.block_plan`; ``mod`` the block's (1, 6 * dim) AdaLN
-    modulation for this step (:func:`modulations`); ``keys`` the (G, N) :func:`key_bias` with the
-    key column, else the (G, 1, 1, N) mask.
+    modulation for this step (:func:`modulations`); ``keys`` from :func:`attention_keys`.
 
     ``norm`` is this block's modulated attention norm of ``x``, computed by whatever ran
     before; the block returns its output and ``following``'s modulated norm of it.  Computing
     the next norm here fuses it with the last residual add into one pass over the activations
     instead of two (0.4-0.6 ms a solve on the H100, bench/NOTES.md item 29)."""
-    half_split, fused_rotation, key_column, gelu_epilogue = plan
+    half_split, fused_rotation, attention, gelu_epilogue = plan
     # upstream's AdaLayerNorm, with its linear(silu(t)) precomputed per step
     _shift_msa, _scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
     attn = block.attn
     g, n = norm.shape[0], norm.shape[1]
     if fused_rotation:
-        column = keys if key_column else None
+        column = keys if attention == "column" else None
         q, k, v = kernels.rotate_qkv(F.linear(norm, *qkv), rope[0], rope[1], attn.heads, column)
     else:
         q, k, v = F.linear(norm, *qkv).view(g, n, 3, attn.heads, -1).unbind(2)
@@ -349,8 +377,7 @@ def _block(
         else:  # F5TTS_Base: RoPE on the first pn heads only
             q = torch.cat((_rotate(q[:, :, :pn], rope, half_split), q[:, :, pn:]), dim=2)
             k = torch.cat((_rotate(k[:, :, :pn], rope, half_split), k[:, :, pn:]), dim=2)
-    o = column_attention(q, k, v) if key_column else masked_attention(q, k, v, keys)
-    o = o.reshape(g, n, -1)
+    o = _attend(attention, q, k, v, keys).reshape(g, n, -1)
     x = x + gate_msa.unsqueeze(1) * attn.to_out[0](o)
     norm = _modulated_norm(block.ff_norm, x, shift_mlp, scale_mlp)
     x = x + gate_mlp.unsqueeze(1) * _feed_forward(block.ff, norm, gelu_epilogue)
@@ -482,9 +509,9 @@ def masked_step(
         _mark_length(x, cond, text, mask, *rope)
     h, norm = regions.embed(dit, weights, x, cond, text, mask, attention_norm(blocks[0], modulation[0]))
     groups = text.shape[0]
-    keys = key_bias(mask, groups, h.dtype) if weights.key_column else _key_mask(mask, groups)
-    if regions.dynamic:
-        _mark_length(keys, dim=1 if weights.key_column else 3)
+    keys = attention_keys(weights.attention, mask, groups, h.dtype)
+    if regions.dynamic and weights.attention != "flash":  # key counts have no length dimension
+        _mark_length(keys, dim=1 if weights.attention == "column" else 3)
     plan = weights.block_plan()
     residual = h
     for i, (block, qkv, following) in enumerate(

@@ -249,6 +249,46 @@ def test_column_attention_ignores_padded_keys(torch_cuda: Any) -> None:
         assert torch.equal(accel.column_attention(q2, k2, v2)[:, :real], accel.column_attention(q, k, v)[:, :real])
 
 
+def test_flash_attention_ignores_padded_keys(torch_cuda: Any) -> None:
+    """FlashAttention with each row's key count (fp16) equals fp32 SDPA over that row's real
+    keys, whatever the padded keys hold, and replays inside a CUDA graph.  Runs where the
+    optional flash-attn-4 package is installed."""
+    pytest.importorskip("flash_attn.cute")
+    from ishowttsd.engine import flash
+
+    torch = torch_cuda
+    assert flash.flash_attention_works(torch.device("cuda"), torch.float16)
+    torch.manual_seed(0)
+    g, n, heads, d = 2, 1472, 16, 64
+    q, k, v = (torch.randn(g, n, heads, d, device="cuda", dtype=torch.float16) for _ in range(3))
+    reals = (1457, 1409)
+    keys = torch.tensor(reals, device="cuda", dtype=torch.int32)
+    got = flash.flash_attention(q, k, v, keys)
+    for row, real in enumerate(reals):
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q[row : row + 1].transpose(1, 2).float(),
+            k[row : row + 1, :real].transpose(1, 2).float(),
+            v[row : row + 1, :real].transpose(1, 2).float(),
+        ).transpose(1, 2)
+        err = float((got[row : row + 1].float() - want).abs().max())
+        assert err < 2e-3, (real, err)
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        flash.flash_attention(q, k, v, keys)
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        out = flash.flash_attention(q, k, v, keys)
+    for row, real in enumerate(reals):
+        # Padded frames hold finite activations in the engine; whatever they are must not count.
+        k[row, real:] = 7.0
+        v[row, real:] = -300.0
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, got)
+
+
 def test_gelu_epilogue_matches_upstream_feed_forward(torch_cuda: Any) -> None:
     """cuBLASLt's bias + GELU epilogue (fp16) equals upstream's feed-forward in fp32."""
     from f5_tts.model.modules import FeedForward

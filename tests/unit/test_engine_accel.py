@@ -18,7 +18,7 @@ from ishowttsd.engine.presets import get_preset
 
 
 def _solve_both(
-    dit: Any, engine: Any, voice: Any, extra_frames: int, nfe: int, cfg: float, key_column: bool = True
+    dit: Any, engine: Any, voice: Any, extra_frames: int, nfe: int, cfg: float, attention: str = "column"
 ) -> tuple[Any, Any, int]:
     ref = voice.reference
     ref_mel = engine._reference_mel(ref, 0.1)
@@ -26,9 +26,11 @@ def _solve_both(
     frames = sampler.total_frames(ref.frames + extra_frames, ref_mel.shape[1], ids.shape[1])
     noise = sampler.initial_noise(frames, 100, torch.Generator().manual_seed(7), torch.device("cpu"))
     fast = accel.FastSolver(dit, torch.device("cpu"), compile=False, graphs=False)
-    # The tiny model rotates whole heads, so the fast path uses the key column (kernels.rotate_qkv)
-    assert fast.weights.key_column == fast.weights.fused_rotation
-    fast.weights = fast.weights._replace(key_column=key_column and fast.weights.key_column)
+    # Where whole heads rotate (kernels.rotate_qkv) the CPU's fast path uses the key column;
+    # FlashAttention is CUDA-only (tests/gpu).  Otherwise only the mask can leave out padding.
+    assert fast.weights.attention == ("column" if fast.weights.fused_rotation else "mask")
+    if fast.weights.fused_rotation:
+        fast.weights = fast.weights._replace(attention=attention)
     with torch.inference_mode():
         want = sampler.sample(dit, ref_mel, ids, frames, nfe=nfe, cfg_strength=cfg, sway=-1.0, noise=noise)
         got = fast.sample(ref_mel, ids, frames, nfe=nfe, cfg_strength=cfg, sway=-1.0, noise=noise)
@@ -36,18 +38,44 @@ def _solve_both(
 
 
 @pytest.mark.parametrize(
-    ("extra", "nfe", "cfg", "key_column"),
-    [(101, 7, 2.0, True), (37, 6, 0.0, True), (200, 16, 1.5, True), (101, 7, 2.0, False)],
+    ("extra", "nfe", "cfg", "attention"),
+    [(101, 7, 2.0, "column"), (37, 6, 0.0, "column"), (200, 16, 1.5, "column"), (101, 7, 2.0, "mask")],
 )
 def test_padded_masked_solve_matches_eager(
-    tiny_engine: Any, default_voice: Any, extra: int, nfe: int, cfg: float, key_column: bool
+    tiny_engine: Any, default_voice: Any, extra: int, nfe: int, cfg: float, attention: str
 ) -> None:
     """With the key column (unmasked attention) and with SDPA's mask (the fallback)."""
-    want, got, frames = _solve_both(tiny_engine.dit, tiny_engine, default_voice, extra, nfe, cfg, key_column)
+    want, got, frames = _solve_both(tiny_engine.dit, tiny_engine, default_voice, extra, nfe, cfg, attention)
     assert accel.bucket(frames) > frames, "the case must actually pad"
     assert got.shape == want.shape
     rel = float((got - want).norm() / want.norm())
     assert rel < 1e-5, rel
+
+
+def _varlen_on_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, seqused_k: torch.Tensor) -> torch.Tensor:
+    """What flash-attn-4's kernel computes (it needs an NVIDIA GPU): row g attends to its first
+    ``seqused_k[g]`` keys only."""
+    rows = []
+    for g, n in enumerate(seqused_k.tolist()):
+        qt, kt, vt = q[g : g + 1].transpose(1, 2), k[g : g + 1, :n].transpose(1, 2), v[g : g + 1, :n].transpose(1, 2)
+        rows.append(torch.nn.functional.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2))
+    return torch.cat(rows)
+
+
+def test_flash_attention_path_gets_each_rows_key_count(
+    tiny_engine: Any, default_voice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FlashAttention path (engine/flash.py) through the padded solve, guided and not: the
+    key counts reach the kernel for every CFG row, so the solve equals eager.  The kernel itself
+    is checked against fp32 on the GPU (tests/gpu)."""
+    from ishowttsd.engine import flash
+
+    monkeypatch.setattr(flash, "_varlen", lambda: _varlen_on_cpu)
+    for cfg in (2.0, 0.0):
+        want, got, frames = _solve_both(tiny_engine.dit, tiny_engine, default_voice, 101, 7, cfg, "flash")
+        assert accel.bucket(frames) > frames, "the case must actually pad"
+        rel = float((got - want).norm() / want.norm())
+        assert rel < 1e-5, (cfg, rel)
 
 
 def _three_blocks(engine: Any) -> Any:
