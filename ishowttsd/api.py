@@ -34,7 +34,8 @@ log = get_logger("ishowttsd.api")
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 RETRY_AFTER_S = "1"
 MAX_SEED = 2**31 - 1
-# About one short clause: enough for natural prosody, short enough for fast first audio.
+# The most a stream's first chunk may hold; it ends sooner, at its first clause boundary past a few
+# words (engine/text.py), so that the first audio comes after one short chunk.
 STREAM_FIRST_CHUNK_BYTES = 60
 
 

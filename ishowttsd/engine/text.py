@@ -23,6 +23,9 @@ SAMPLE_RATE = 24000
 # Upstream's budget is "the text that fits into 22 s of reference plus generated audio".
 _BUDGET_SECONDS = 22.0
 _MIN_BUDGET_BYTES = 24
+# A stream's first chunk ends at the first clause boundary past this many bytes (about 2.5 s
+# of speech: a few words with their own prosody, and time for the next chunk to come).
+_FIRST_CHUNK_MIN_BYTES = 24
 # Upstream gives very short texts (< 10 UTF-8 bytes) a slower local speed, or they come out clipped.
 _SHORT_TEXT_BYTES = 10
 _SHORT_TEXT_SPEED = 0.3
@@ -107,15 +110,13 @@ def _join(left: str, right: str) -> str:
     return left + _joiner(left) + right if left else right
 
 
-def _pack(units: list[str], budget: int, first_budget: int | None = None) -> list[str]:
-    """Greedily join consecutive units while the result fits the budget (``first_budget``
-    for the first packed piece, when given)."""
+def _pack(units: list[str], budget: int) -> list[str]:
+    """Greedily join consecutive units while the result fits the budget."""
     packed: list[str] = []
     current = ""
     for unit in units:
-        limit = first_budget if first_budget is not None and not packed else budget
         candidate = _join(current, unit)
-        if current and nbytes(candidate) > limit:
+        if current and nbytes(candidate) > budget:
             packed.append(current)
             current = unit
         else:
@@ -143,18 +144,38 @@ def chunk_text(text: str, budget: int, *, first_budget: int | None = None) -> li
 
     Sentence boundaries first; an over-long sentence is split at clause boundaries, an
     over-long clause between words.  Consecutive pieces are packed greedily up to the budget.
-    ``first_budget`` (smaller) caps the first chunk, so that a streaming caller gets its first
-    audio after a short chunk.
+    With ``first_budget`` (a stream) the first chunk is short, so that the first audio comes
+    sooner: see :func:`_first_chunk`.
     """
     if not text:
         return []
-    small = min(first_budget, budget) if first_budget else budget
+    if first_budget:
+        first = _first_chunk(text, min(first_budget, budget))
+        if text.startswith(first):  # always, for normalised text; otherwise chunk it whole
+            return [first, *chunk_text(text[len(first) :].strip(), budget)]
     units: list[str] = []
-    for i, sentence in enumerate(_split_keep(_SENTENCE_END, text)):
-        # Only the very first sentence is cut to the small first budget.
-        limit = small if i == 0 else budget
-        units.extend([sentence] if nbytes(sentence) <= limit else _split_sentence(sentence, limit))
-    return _pack(units, budget, small)
+    for sentence in _split_keep(_SENTENCE_END, text):
+        units.extend([sentence] if nbytes(sentence) <= budget else _split_sentence(sentence, budget))
+    return _pack(units, budget)
+
+
+def _first_chunk(text: str, small: int) -> str:
+    """A stream's first chunk: the leading clauses, up to the first clause or sentence end past
+    :data:`_FIRST_CHUNK_MIN_BYTES`, within ``small`` bytes.  It runs on to a later boundary
+    rather than leave a remainder shorter than that (a lone word makes a poor chunk), and a
+    first clause longer than ``small`` is cut between words."""
+    clauses = [clause for sentence in _split_keep(_SENTENCE_END, text) for clause in _split_keep(_CLAUSE_END, sentence)]
+    if nbytes(clauses[0]) > small:
+        return _pack(_split_words(clauses[0], small), small)[0]
+    first = ""
+    for clause in clauses:
+        candidate = _join(first, clause)
+        if first and nbytes(candidate) > small:
+            break
+        first = candidate
+        if nbytes(first) >= _FIRST_CHUNK_MIN_BYTES and nbytes(text) - nbytes(first) > _FIRST_CHUNK_MIN_BYTES:
+            break
+    return first
 
 
 def estimate_frames(ref_frames: int, ref_text: str, gen_text: str, speed: float) -> int:

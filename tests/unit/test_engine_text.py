@@ -88,6 +88,39 @@ def test_first_chunk_can_be_short_for_streaming() -> None:
     assert " ".join(chunks) == SENTENCES
 
 
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        # ends at the first clause boundary past a few words (24 bytes)...
+        (
+            "Welcome back to the stream, everyone, thanks for the follows and the subs. Stay tuned.",
+            "Welcome back to the stream,",
+        ),
+        # ...runs on past a very short first sentence...
+        (
+            "Hi chat! Welcome back to the stream, everyone, thanks for the follows.",
+            "Hi chat! Welcome back to the stream,",
+        ),
+        # ...never leaves a lone word behind...
+        ("Welcome back to the stream, everyone.", "Welcome back to the stream, everyone."),
+        # ...and cuts a first clause over the budget between words.
+        (
+            "Thank you so much for the amazing raid and the hype train everybody, you are the best!",
+            "Thank you so much for the amazing raid and the hype train",
+        ),
+    ],
+)
+def test_stream_first_chunk_ends_at_an_early_clause(text: str, first: str) -> None:
+    chunks = T.chunk_text(text, 1000, first_budget=60)
+    assert chunks[0] == first
+    assert nbytes_ok(chunks[0], 60)
+    assert " ".join(chunks) == text
+
+
+def nbytes_ok(chunk: str, budget: int) -> bool:
+    return 0 < T.nbytes(chunk) <= budget
+
+
 def test_empty_text_has_no_chunks() -> None:
     assert T.chunk_text("", 100) == []
 
