@@ -189,6 +189,7 @@ def engine_phase(args: argparse.Namespace, res: Results, torch: Any) -> dict[str
                 "compiled": eng.info.compiled,
                 "cuda_graphs": eng.info.cuda_graphs,
                 "graphs_captured": eng.fast.graph_count if eng.fast is not None else 0,
+                "attention": eng.fast.weights.attention if eng.fast is not None else "upstream",
                 "nfe": {},
             }
             sweep = args.nfes if (name in args.sweep_variants) else [7]
@@ -647,6 +648,8 @@ def table(data: dict[str, Any]) -> str:
         if "peak_gpu_mem_gib" in v:
             extra.append(f"peak GPU mem {v['peak_gpu_mem_gib']:.2f} GiB")
         extra.append(f"load {v['load_s']:.1f} s + warm-up {v['warm_up_s']:.1f} s")
+        if "attention" in v:
+            extra.append(f"attention {v['attention']}")
         lines.append(f"engine {name}: " + "; ".join(extra))
     if stock:
         lines.append("stock by NFE: " + ", ".join(f"{k}: {r['rtf']:.4f} ({ms(r['median'])} ms)"

@@ -532,7 +532,12 @@ class Engine:
                 raise EngineError(f"compiling/capturing the model failed: {type(exc).__name__}: {exc}") from exc
             log.info(
                 "fast path ready",
-                extra={"graphs": captured, "compiled": self.fast.compiled, "s": round(time.perf_counter() - t0, 2)},
+                extra={
+                    "graphs": captured,
+                    "compiled": self.fast.compiled,
+                    "attention": self.fast.weights.attention,
+                    "s": round(time.perf_counter() - t0, 2),
+                },
             )
         for nfe, cfg in itertools.product(sorted(set(nfe_values)), strengths.values()):
             req = SynthesisRequest(text=_WARMUP_TEXT, voice_id=voice.id, nfe=nfe, cfg_strength=cfg, seed=0)
