@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,11 @@ MAX_SEED = 2**31 - 1
 # The most a stream's first chunk may hold; it ends sooner, at its first clause boundary past a few
 # words (engine/text.py), so that the first audio comes after one short chunk.
 STREAM_FIRST_CHUNK_BYTES = 60
+# How long the worker thread holds off the next chunk while the event loop sends a stream's first
+# audio (about a millisecond of Python): without it the two threads trade the GIL, and the first
+# audio waited for the next chunk's launches now and then (p95 of first audio 40.6 against a median
+# of 19.2 ms on the H100, bench/NOTES.md item 31).  A bound, so that a busy loop never stalls the GPU long.
+FIRST_AUDIO_HANDOFF_S = 0.010
 
 
 class Service(Protocol):
@@ -373,9 +379,12 @@ async def _stream_speech(request: web.Request, service: Service, ask: SpeechAsk)
     arrived = time.monotonic()
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+    first_sent = threading.Event()
 
     def on_chunk(chunk: np.ndarray) -> None:  # runs on the worker thread
         loop.call_soon_threadsafe(pieces.put_nowait, chunk)
+        if not first_sent.is_set():
+            first_sent.wait(FIRST_AUDIO_HANDOFF_S)  # releases the GIL: the loop sends it now
 
     synth = Synthesizer(service)
     task = asyncio.ensure_future(synth.run(ask.req, on_chunk=on_chunk))
@@ -406,11 +415,14 @@ async def _stream_speech(request: web.Request, service: Service, ask: SpeechAsk)
             if ttfa is None:
                 ttfa = time.monotonic() - arrived
                 service.metrics.ttfa.observe(ttfa)
+                first_sent.set()
             piece = await pieces.get()
         result = await task
     except (ConnectionResetError, asyncio.CancelledError):
         task.cancel()
         raise
+    finally:
+        first_sent.set()
     await response.write_eof()
     _log_done("/v1/audio/speech", ask.req, result, samples / sr, encode_s, ttfa, service)
     return response
