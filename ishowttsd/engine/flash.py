@@ -27,10 +27,15 @@ log = logging.getLogger("ishowttsd.engine")
 
 
 def configure_cache(root: Path) -> dict[str, str]:
-    """Keep the compiled kernels under ``root`` (the package reads these when first imported)."""
+    """Keep the compiled kernels, and the CuTe DSL compiler's own cache, under ``root`` instead
+    of the temp dir (the packages read these when first imported)."""
     path = root / "flash-attn"
-    path.mkdir(parents=True, exist_ok=True)
-    settings = {"FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": str(path)}
+    (path / "cute-dsl").mkdir(parents=True, exist_ok=True)
+    settings = {
+        "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1",
+        "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": str(path),
+        "CUTE_DSL_CACHE_DIR": str(path / "cute-dsl"),
+    }
     os.environ.update(settings)
     return settings
 

@@ -7,6 +7,8 @@ CUDA graphs are GPU-only); tests/gpu/ checks the compiled and captured versions 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +226,24 @@ def test_compiled_step_traces_once_for_every_length_bucket(tiny_engine: Any, def
     assert len({accel.bucket(f) for f in (ref.frames + 40, ref.frames + 260)}) == 2
     assert counters["stats"]["unique_graphs"] - graphs_before == 3  # embed, block, finish
     torch._dynamo.reset()
+
+
+def test_compile_caches_live_under_the_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor's, Triton's and FlashAttention's (with its compiler's) caches all go under the
+    daemon's cache dir, which survives restarts, and not the temp dir."""
+    keys = (
+        "TORCHINDUCTOR_CACHE_DIR",
+        "TRITON_CACHE_DIR",
+        "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED",
+        "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR",
+        "CUTE_DSL_CACHE_DIR",
+    )
+    for key in keys:
+        monkeypatch.setenv(key, "unset")  # restored after the test
+    got = accel.configure_caches(tmp_path)
+    assert set(got) == set(keys)
+    for key in keys:
+        assert os.environ[key] == got[key]
+        if key.endswith("_DIR"):
+            assert Path(got[key]).is_dir() and Path(got[key]).is_relative_to(tmp_path), key
+    assert accel.configure_caches(None) == {}
