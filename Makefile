@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	@# which cannot load beside a CPU torch, is removed.  See README "Why torchaudio ...".
 	$(PY) -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)' || \
 	  rm -f $(VENV)/lib/python*/site-packages/torchaudio/lib/_torchaudio.abi3.so
-	$(PY) -c 'import torchaudio.transforms, f5_tts.model.cfm' >/dev/null
+	$(PY) -c 'import torchaudio.transforms, ishowttsd.engine.upstream, f5_tts.model.cfm' >/dev/null
 	touch $@
 
 run: $(STAMP)
