@@ -57,7 +57,7 @@ log = logging.getLogger("ishowttsd.engine")
 # 57.9 ms at 1472, and the compile count does not depend on the bucket count (bench/NOTES.md).
 BUCKET_FRAMES = 64
 # Upstream sizes chunks so that reference + chunk is about 22 s; warm-up captures up to here.
-_WARM_SECONDS = 23.0
+WARM_SECONDS = 23.0
 _FRAMES_PER_SECOND = 24000 / 256
 
 DiTModule = Any
@@ -764,7 +764,7 @@ class FastSolver:
 
     def warm_frames(self, ref_frames: int) -> range:
         """Total frame counts a default-speed request on this reference can need."""
-        top = max(int(_WARM_SECONDS * _FRAMES_PER_SECOND), ref_frames + self.granularity)
+        top = max(int(WARM_SECONDS * _FRAMES_PER_SECOND), ref_frames + self.granularity)
         return range(ref_frames + 1, top + 1, self.granularity)
 
     @torch.no_grad()

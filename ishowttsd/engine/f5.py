@@ -28,7 +28,7 @@ from .paths import default_vocab, f5_version
 from .presets import HOP_LENGTH, N_FFT, N_MELS, WIN_LENGTH, get_preset
 from .spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, UNTRAINED, ModelSpec, SynthesisRequest, VoiceSpec
 from .upstream import DiT, MelSpec, convert_char_to_pinyin, list_str_to_idx
-from .vocoder import Vocoder, VocoderLoadError, build_untrained, load_local
+from .vocoder import FFT_FRAMES, Vocoder, VocoderLoadError, build_untrained, load_local
 from .voices import PreparedVoice, Reference, ReferenceCache, ReferenceError
 
 log = logging.getLogger("ishowttsd.engine")
@@ -424,6 +424,19 @@ class Engine:
         timings["vocoder"] += vocoder
         return samples
 
+    @torch.inference_mode()
+    def _warm_vocoder(self, ref: Reference) -> None:
+        """Run the vocoder once at every length step up to the longest chunk this reference
+        allows.  A length the vocoder has not run at before needs a cuFFT plan (one per
+        :data:`vocoder.FFT_FRAMES` frames) and may need new cuBLAS kernels: on the H100 a first
+        long request paid 17-31 ms more for them (bench/NOTES.md item 32)."""
+        longest = text.fixed_frames(accel.WARM_SECONDS) - ref.frames
+        with sampler.exact_length_convs(self.device):
+            for frames in range(FFT_FRAMES, longest + FFT_FRAMES, FFT_FRAMES):
+                self.vocoder(torch.zeros(1, N_MELS, frames, device=self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @staticmethod
     def _bad(samples: np.ndarray) -> bool:
         return not np.all(np.isfinite(samples)) or len(samples) == 0 or float(np.max(np.abs(samples))) < _SILENT_PEAK
@@ -539,6 +552,7 @@ class Engine:
                     "s": round(time.perf_counter() - t0, 2),
                 },
             )
+        self._warm_vocoder(voice.reference)
         for nfe, cfg in itertools.product(sorted(set(nfe_values)), strengths.values()):
             req = SynthesisRequest(text=_WARMUP_TEXT, voice_id=voice.id, nfe=nfe, cfg_strength=cfg, seed=0)
             try:

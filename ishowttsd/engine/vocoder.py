@@ -5,6 +5,11 @@ ourselves: upstream's ``ISTFT.forward`` ends in ``assert (window_envelope > 1e-1
 which copies a flag to the host on every call and so breaks CUDA-graph capture (issue 8).  The
 envelope is a fixed function of the frame count, never near zero inside the trimmed region.
 The ISTFT always runs in fp32: cuFFT has no bf16 transform and fp16 only for powers of two.
+
+The inverse FFT runs on the frame count rounded up to :data:`FFT_FRAMES` (the extra frames are
+zeros and are dropped): each frame's transform is independent, so the result is the same, but
+cuFFT then needs one plan per 64 frames instead of one per request length.  A new plan cost up
+to 39 ms of host time on the H100 (bench/NOTES.md item 32); the engine's warm-up makes them all.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from .presets import HOP_LENGTH, N_FFT, N_MELS, VocoderShape
+
+FFT_FRAMES = 64
 
 
 class VocoderLoadError(Exception):
@@ -56,7 +63,9 @@ class Vocoder(nn.Module):
             return torch.istft(spec, self.n_fft, self.hop_length, self.win_length, window, center=True)
         pad = (self.win_length - self.hop_length) // 2
         frames = spec.shape[-1]
-        ifft = torch.fft.irfft(spec, self.n_fft, dim=1, norm="backward") * window[None, :, None]
+        planned = -(-frames // FFT_FRAMES) * FFT_FRAMES
+        ifft = torch.fft.irfft(nn.functional.pad(spec, (0, planned - frames)), self.n_fft, dim=1, norm="backward")
+        ifft = ifft[..., :frames] * window[None, :, None]
         size = (frames - 1) * self.hop_length + self.win_length
         y = nn.functional.fold(
             ifft, output_size=(1, size), kernel_size=(1, self.win_length), stride=(1, self.hop_length)

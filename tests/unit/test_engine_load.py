@@ -158,11 +158,13 @@ def _hub_style_vocos(directory: Path, seed: int = 3) -> Any:
 
 
 def test_local_vocos_matches_upstream_decode(tmp_path: Path) -> None:
+    """Also at lengths whose inverse FFT runs padded to the next 64 frames (vocoder.FFT_FRAMES)."""
     vocos = _hub_style_vocos(tmp_path / "vocos")
     ours = load_local(tmp_path / "vocos")
-    mel = torch.randn(1, 100, 80, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        torch.testing.assert_close(ours(mel), vocos.decode(mel), rtol=1e-5, atol=1e-6)
+    for frames in (80, 128, 131):
+        mel = torch.randn(1, 100, frames, generator=torch.Generator().manual_seed(frames))
+        with torch.inference_mode():
+            torch.testing.assert_close(ours(mel), vocos.decode(mel), rtol=1e-5, atol=1e-6)
     engine = _load(vocoder=str(tmp_path / "vocos"))
     assert engine.info.vocoder == str(tmp_path / "vocos")
     assert np.all(np.isfinite(_say(engine)))
