@@ -37,6 +37,9 @@ AB = {
     "flash": ("FlashAttention with key counts (undone: cuDNN over the key column)", {"attention": "column"}),
     "gelu-epilogue": ("bias + GELU in the matmul epilogue (undone: inductor's kernel)", {"gelu_epilogue": False}),
     "length-only-dynamic": ("only the length symbolic (undone: torch.compile(dynamic=True), every dim)", {}),
+    # Not an undo but a trial: the B side compiles with inductor's Triton GEMM templates, which
+    # can fuse the residual adds and gates into the matmuls' epilogues.
+    "max-autotune": ("cuBLAS matmuls (B side: inductor max-autotune, Triton GEMMs with fused epilogues)", {}),
 }
 
 
@@ -46,6 +49,18 @@ def all_dims_dynamic(solver: accel.FastSolver) -> None:
         embed=torch.compile(accel._embed_input, dynamic=True),
         block=torch.compile(accel._block, dynamic=True),
         finish=torch.compile(accel._finish, dynamic=True),
+        dynamic=True,
+    )
+    solver.step = functools.partial(accel.masked_step, solver.regions)
+
+
+def max_autotune(solver: accel.FastSolver) -> None:
+    """The regions compiled with max-autotune (Triton GEMM templates beside cuBLAS's)."""
+    mode = "max-autotune-no-cudagraphs"
+    solver.regions = accel.Regions(
+        embed=torch.compile(accel._embed_input, mode=mode),
+        block=torch.compile(accel._block, mode=mode),
+        finish=torch.compile(accel._finish, mode=mode),
         dynamic=True,
     )
     solver.step = functools.partial(accel.masked_step, solver.regions)
@@ -123,6 +138,8 @@ def main() -> None:
             if name == "length-only-dynamic":
                 torch._dynamo.reset()  # a fresh trace, as a restart would do
                 all_dims_dynamic(other)
+            if name == "max-autotune":
+                max_autotune(other)
             t0 = time.perf_counter()
             other.precapture([frames])
             capture = time.perf_counter() - t0
