@@ -375,20 +375,43 @@ async def speech(request: web.Request) -> web.StreamResponse:
     return response
 
 
+class ChunkRelay:
+    """Carries a stream's audio chunks from the worker thread to the event loop.
+
+    After pushing the first chunk the worker waits, at most ``handoff_s``, until the loop says
+    it has sent that first audio: otherwise the two threads trade the GIL while the worker
+    launches the next chunk, and the first audio waits for them (:data:`FIRST_AUDIO_HANDOFF_S`).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, handoff_s: float = FIRST_AUDIO_HANDOFF_S) -> None:
+        self.pieces: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self._loop = loop
+        self._handoff_s = handoff_s
+        self._first_sent = threading.Event()
+
+    def push(self, chunk: np.ndarray) -> None:
+        """Worker thread: one more chunk."""
+        self._loop.call_soon_threadsafe(self.pieces.put_nowait, chunk)
+        if not self._first_sent.is_set():
+            self._first_sent.wait(self._handoff_s)  # releases the GIL: the loop sends it now
+            self._first_sent.set()  # once: a loop too busy to answer must not hold up every chunk
+
+    def close(self) -> None:
+        """Any thread: no more chunks (the job ended, however it ended)."""
+        self._loop.call_soon_threadsafe(self.pieces.put_nowait, None)
+
+    def first_sent(self) -> None:
+        """Event loop: the first audio went out, or never will; the worker may go on."""
+        self._first_sent.set()
+
+
 async def _stream_speech(request: web.Request, service: Service, ask: SpeechAsk) -> web.StreamResponse:
     arrived = time.monotonic()
-    loop = asyncio.get_running_loop()
-    pieces: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
-    first_sent = threading.Event()
-
-    def on_chunk(chunk: np.ndarray) -> None:  # runs on the worker thread
-        loop.call_soon_threadsafe(pieces.put_nowait, chunk)
-        if not first_sent.is_set():
-            first_sent.wait(FIRST_AUDIO_HANDOFF_S)  # releases the GIL: the loop sends it now
-
+    relay = ChunkRelay(asyncio.get_running_loop())
     synth = Synthesizer(service)
-    task = asyncio.ensure_future(synth.run(ask.req, on_chunk=on_chunk))
-    task.add_done_callback(lambda _t: loop.call_soon_threadsafe(pieces.put_nowait, None))
+    task = asyncio.ensure_future(synth.run(ask.req, on_chunk=relay.push))
+    task.add_done_callback(lambda _t: relay.close())
+    pieces = relay.pieces
     # Wait for the first piece (or the failure) before committing to a 200.
     first = await pieces.get()
     if first is None:
@@ -415,14 +438,14 @@ async def _stream_speech(request: web.Request, service: Service, ask: SpeechAsk)
             if ttfa is None:
                 ttfa = time.monotonic() - arrived
                 service.metrics.ttfa.observe(ttfa)
-                first_sent.set()
+                relay.first_sent()
             piece = await pieces.get()
         result = await task
     except (ConnectionResetError, asyncio.CancelledError):
         task.cancel()
         raise
     finally:
-        first_sent.set()
+        relay.first_sent()
     await response.write_eof()
     _log_done("/v1/audio/speech", ask.req, result, samples / sr, encode_s, ttfa, service)
     return response
