@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
@@ -43,24 +44,14 @@ AB = {
 }
 
 
-def all_dims_dynamic(solver: accel.FastSolver) -> None:
-    """The regions as compiled before bench/NOTES.md item 25: every dimension symbolic."""
+def recompile(solver: accel.FastSolver, **options: Any) -> None:
+    """The solver's three regions compiled again with other ``torch.compile`` options: before
+    bench/NOTES.md item 25 every dimension was symbolic (``dynamic=True``); item 33 tried
+    ``mode="max-autotune-no-cudagraphs"`` (Triton GEMM templates beside cuBLAS's)."""
     solver.regions = accel.Regions(
-        embed=torch.compile(accel._embed_input, dynamic=True),
-        block=torch.compile(accel._block, dynamic=True),
-        finish=torch.compile(accel._finish, dynamic=True),
-        dynamic=True,
-    )
-    solver.step = functools.partial(accel.masked_step, solver.regions)
-
-
-def max_autotune(solver: accel.FastSolver) -> None:
-    """The regions compiled with max-autotune (Triton GEMM templates beside cuBLAS's)."""
-    mode = "max-autotune-no-cudagraphs"
-    solver.regions = accel.Regions(
-        embed=torch.compile(accel._embed_input, mode=mode),
-        block=torch.compile(accel._block, mode=mode),
-        finish=torch.compile(accel._finish, mode=mode),
+        embed=torch.compile(accel._embed_input, **options),
+        block=torch.compile(accel._block, **options),
+        finish=torch.compile(accel._finish, **options),
         dynamic=True,
     )
     solver.step = functools.partial(accel.masked_step, solver.regions)
@@ -137,9 +128,9 @@ def main() -> None:
             other.weights = other.weights._replace(**AB[name][1])
             if name == "length-only-dynamic":
                 torch._dynamo.reset()  # a fresh trace, as a restart would do
-                all_dims_dynamic(other)
+                recompile(other, dynamic=True)
             if name == "max-autotune":
-                max_autotune(other)
+                recompile(other, mode="max-autotune-no-cudagraphs")
             t0 = time.perf_counter()
             other.precapture([frames])
             capture = time.perf_counter() - t0
