@@ -189,7 +189,7 @@ def engine_phase(args: argparse.Namespace, res: Results, torch: Any) -> dict[str
                 "compiled": eng.info.compiled,
                 "cuda_graphs": eng.info.cuda_graphs,
                 "graphs_captured": eng.fast.graph_count if eng.fast is not None else 0,
-                "attention": eng.fast.weights.attention if eng.fast is not None else "upstream",
+                "attention": eng.info.attention or "upstream",
                 "nfe": {},
             }
             sweep = args.nfes if (name in args.sweep_variants) else [7]

@@ -157,6 +157,14 @@ def _follow(events: Iterable[dict[str, Any]], on_other: Callable[[dict[str, Any]
 # --------------------------------------------------------------------------- status
 
 
+def _fast_path(fast: Mapping[str, Any]) -> str:
+    """"compile + CUDA graphs, attention flash", or "off (eager)"."""
+    parts = [name for key, name in (("compiled", "compile"), ("cuda_graphs", "CUDA graphs")) if fast.get(key)]
+    if not parts and not fast.get("attention"):
+        return "off (eager)"
+    return " + ".join(parts or ["bucketed"]) + (f", attention {fast['attention']}" if fast.get("attention") else "")
+
+
 def format_status(s: Mapping[str, Any]) -> str:
     """The compact, aligned human view of GET /v1/status."""
     model = _get(s, "model", default={}) or {}
@@ -172,6 +180,8 @@ def format_status(s: Mapping[str, Any]) -> str:
     if model.get("gpu_name"):
         mem = model.get("gpu_memory_mb")
         rows.append(("gpu", f"{model['gpu_name']}" + (f", {mem} MiB" if mem is not None else "")))
+    if isinstance(model.get("fast_path"), Mapping):
+        rows.append(("fast path", _fast_path(model["fast_path"])))
     rows += _settings_rows(s)
     voices = _get(s, "voices", default=[]) or []
     rows.append(("voices", ", ".join(f"{v.get('id', '?')} ({v.get('language', '?')})" for v in voices) or "none"))

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import flash, kernels, sampler
+from .errors import EngineError
 
 log = logging.getLogger("ishowttsd.engine")
 
@@ -64,6 +65,8 @@ DiTModule = Any
 StepFn = Callable[..., Tensor]
 # How attention leaves out the padded keys, fastest first (see the module docstring).
 Attention = Literal["flash", "column", "mask"]
+# Their names in the config ([model] attention) and in what the engine reports.
+ATTENTION_NAMES: dict[Attention, str] = {"flash": "flash", "column": "cudnn", "mask": "sdpa"}
 
 
 def bucket(frames: int, granularity: int = BUCKET_FRAMES) -> int:
@@ -277,7 +280,8 @@ def _feed_forward(ff: Any, x: Tensor, epilogue: bool) -> Tensor:
     return ff.ff[2](flat.view(*x.shape[:-1], -1))
 
 
-def fast_weights(dit: DiTModule) -> FastWeights:
+def fast_weights(dit: DiTModule, attention: str = "auto") -> FastWeights:
+    """The solver's rearranged weights and kernel choices; ``attention`` is ``[model] attention``."""
     # A per-dimension q/k norm would need its weights reordered too; keep upstream's order then.
     blocks = dit.transformer_blocks
     half_split = all(b.attn.q_norm is None and b.attn.k_norm is None for b in blocks)
@@ -294,20 +298,38 @@ def fast_weights(dit: DiTModule) -> FastWeights:
         conv=tuple(kernels.conv_weight(m) for m in convs),
         half_split=half_split,
         fused_rotation=fused_rotation,
-        attention=_attention(fused_rotation, weight.device, weight.dtype),
+        attention=_attention(attention, fused_rotation, weight.device, weight.dtype),
         # cuBLASLt's GELU epilogue is the tanh form, upstream's choice for the DiT blocks.
         gelu_epilogue=weight.is_cuda and all(_tanh_gelu_ff(b) for b in blocks),
     )
 
 
-def _attention(fused_rotation: bool, device: torch.device, dtype: torch.dtype) -> Attention:
-    """The fastest exact attention over padded keys that runs here.  Both unmasked kernels take
-    q/k/v from :func:`kernels.rotate_qkv` (contiguous, token-major)."""
-    if not fused_rotation:
-        return "mask"
-    if flash.flash_attention_works(device, dtype):
-        return "flash"
-    return "column" if column_attention_works(device, dtype) else "mask"
+def _attention(wanted: str, fused_rotation: bool, device: torch.device, dtype: torch.dtype) -> Attention:
+    """``wanted`` ("auto", or a name of :data:`ATTENTION_NAMES`) as a kernel that runs here:
+    "auto" takes the fastest whose probe passes.  FlashAttention and cuDNN take q/k/v from
+    :func:`kernels.rotate_qkv` (contiguous, token-major), so a model it cannot rotate gets the mask."""
+    probes: dict[Attention, Callable[[torch.device, torch.dtype], bool]] = {
+        "flash": flash.flash_attention_works,
+        "column": column_attention_works,
+        "mask": lambda _device, _dtype: True,
+    }
+    if wanted == "auto":
+        usable: dict[Attention, Callable[[torch.device, torch.dtype], bool]] = (
+            probes if fused_rotation else {"mask": probes["mask"]}
+        )
+        return next(kind for kind, works in usable.items() if works(device, dtype))
+    kind = next((k for k, name in ATTENTION_NAMES.items() if name == wanted), None)
+    if kind is None:
+        raise EngineError(f"[model] attention = {wanted!r} is not one of auto, {', '.join(ATTENTION_NAMES.values())}")
+    if kind != "mask" and not fused_rotation:
+        raise EngineError(f"[model] attention = {wanted!r} needs rotary embedding on every head; use \"auto\"")
+    if not probes[kind](device, dtype):
+        why = "is the flash-attn-4 package installed? " if kind == "flash" else ""
+        raise EngineError(
+            f"[model] attention = {wanted!r} does not run on {device} ({why}the log says why); "
+            'set attention = "auto" to take the fastest that does'
+        )
+    return kind
 
 
 def attention_keys(kind: Attention, mask: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
@@ -692,6 +714,7 @@ class FastSolver:
     graphs alone remove the launch overhead of eager kernels; compile alone fuses kernels but
     still launches them from Python; both is the fast configuration.  ``backend`` is
     ``torch.compile``'s (tests trace with ``aot_eager``: dynamo's work without code generation).
+    ``attention`` is ``[model] attention`` (:func:`_attention`; EngineError if it cannot run).
     """
 
     def __init__(
@@ -704,6 +727,7 @@ class FastSolver:
         granularity: int = BUCKET_FRAMES,
         dynamic: bool = True,
         backend: str = "inductor",
+        attention: str = "auto",
     ) -> None:
         if getattr(dit.text_embed, "average_upsampling", False):
             raise ValueError("the fast path does not support text_embedding_average_upsampling")
@@ -714,11 +738,16 @@ class FastSolver:
         self.graphs_enabled = graphs and device.type == "cuda"
         self.regions = compiled_regions(dynamic, backend) if compile else EAGER
         self.step: StepFn = functools.partial(masked_step, self.regions)
-        self.weights = fast_weights(dit)
+        self.weights = fast_weights(dit, attention)
         self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
         self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_enabled else None
         self.capture_s = 0.0
+
+    @property
+    def attention(self) -> str:
+        """The attention kernel in force, by its config name (:data:`ATTENTION_NAMES`)."""
+        return ATTENTION_NAMES[self.weights.attention]
 
     @property
     def graph_count(self) -> int:

@@ -66,9 +66,11 @@ class EngineInfo:
     vocoder_parameters: int = 0
     vocab: str = ""
     vocab_size: int = 0
-    # The fast ODE path in force (issue 8): bucketed + masked, torch.compile, CUDA graphs.
+    # The fast ODE path in force (issue 8): bucketed + masked, torch.compile, CUDA graphs, and
+    # its attention kernel ("" without the fast path: upstream's own attention).
     compiled: bool = False
     cuda_graphs: bool = False
+    attention: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -296,7 +298,9 @@ class Engine:
                 # The vocoder stays eager: compiled it ran 2.7 ms against 2.4 eager on the H100,
                 # and each new audio length cost a ~150 ms re-trace on first use.
             try:
-                fast = accel.FastSolver(dit, device, compile=spec.compile, graphs=spec.cuda_graphs)
+                fast = accel.FastSolver(
+                    dit, device, compile=spec.compile, graphs=spec.cuda_graphs, attention=spec.attention
+                )
             except ValueError as exc:  # a model variant the fast path does not handle
                 raise EngineError(
                     f"{spec.architecture}: {exc}; set [model] compile = false and cuda_graphs = false"
@@ -319,6 +323,7 @@ class Engine:
             vocab_size=len(vocab),
             compiled=fast is not None and fast.compiled,
             cuda_graphs=fast is not None and fast.graphs_enabled,
+            attention=fast.attention if fast is not None else "",
         )
         log.info("engine loaded", extra={"engine": info.as_dict()})
         return cls(
@@ -548,7 +553,7 @@ class Engine:
                 extra={
                     "graphs": captured,
                     "compiled": self.fast.compiled,
-                    "attention": self.fast.weights.attention,
+                    "attention": self.fast.attention,
                     "s": round(time.perf_counter() - t0, 2),
                 },
             )
@@ -575,7 +580,7 @@ class Engine:
                 self.dit = self._fp32_model()
                 self.precision = "fp32"
                 self.fast = None  # its graphs hold the half-precision model
-                self.info = replace(self.info, precision="fp32", compiled=False, cuda_graphs=False)
+                self.info = replace(self.info, precision="fp32", compiled=False, cuda_graphs=False, attention="")
             log.info(
                 "warm-up done",
                 extra={

@@ -11,6 +11,8 @@ from typing import Any
 
 ARCHITECTURES = ("F5TTS_v1_Base", "F5TTS_Base", "F5TTS_v1_Small", "tiny")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+# The fast path's attention over padded keys: the fastest that runs here, or one by name.
+ATTENTIONS = ("auto", "flash", "cudnn", "sdpa")
 UNTRAINED = "untrained"
 SAMPLE_RATE = 24000
 MIN_NFE = 1
@@ -52,6 +54,9 @@ class ModelSpec:
     cuda_graphs: bool = False
     # torch.compile the transformer step (GPU only; the first start compiles for minutes).
     compile: bool = False
+    # The fast path's attention (with compile or cuda_graphs): "auto" takes the fastest that
+    # runs here; "flash" (needs the flash-attn-4 package), "cudnn" or "sdpa" insist on one.
+    attention: str = field(default="auto", metadata=meta(choices=ATTENTIONS))
 
     @property
     def untrained(self) -> bool:

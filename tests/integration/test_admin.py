@@ -141,6 +141,8 @@ def test_status_human_output(tmp_path: Path) -> None:
         assert r.returncode == 0
         for needle in ("tiny", "untrained", "nfe", "7", "cpu", "default"):
             assert needle in r.stdout, needle
+        # On the CPU the fast path is off (compile and CUDA graphs are GPU-only).
+        assert any(line.startswith("fast path") and line.endswith("off (eager)") for line in r.stdout.splitlines())
 
 
 def test_reload_with_broken_config_keeps_serving(tmp_path: Path) -> None:

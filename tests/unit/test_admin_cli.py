@@ -298,6 +298,20 @@ def test_status_human_and_json(server: StandIn) -> None:
     assert data["nfe"] == 6 and data["settings_version"] == 3
 
 
+@pytest.mark.parametrize(
+    ("fast", "shown"),
+    [
+        ({"compiled": True, "cuda_graphs": True, "attention": "flash"}, "compile + CUDA graphs, attention flash"),
+        ({"compiled": False, "cuda_graphs": True, "attention": "cudnn"}, "CUDA graphs, attention cudnn"),
+        ({"compiled": False, "cuda_graphs": False, "attention": ""}, "off (eager)"),
+    ],
+)
+def test_status_shows_the_fast_path_and_its_attention(fast: dict[str, object], shown: str) -> None:
+    lines = dict(line.split(None, 1) if not line.startswith("fast path") else ("fast path", line[9:].strip())
+                 for line in format_status({"model": {"fast_path": fast}}).splitlines())
+    assert lines["fast path"] == shown
+
+
 def test_status_formatter_tolerates_missing_keys() -> None:
     text = format_status({"version": "0.0.1"})
     assert "ishowttsd 0.0.1" in text and "never run" in text

@@ -45,6 +45,7 @@ def test_shipped_config_is_valid_and_documents_every_key_with_its_default() -> N
         ("[limits]\nqueue_size = 0\n", ["[limits] queue_size", "below the minimum"]),
         ("[synthesis]\nnfe = 65\n", ["[synthesis] nfe", "above the maximum 64"]),
         ("[model]\nprecision = 'fp8'\n", ["[model] precision", "not one of"]),
+        ("[model]\nattention = 'fast'\n", ["[model] attention", "not one of"]),
         ("[http]\nlisten = 'nowhere'\n", ["[http] listen", "HOST:PORT"]),
         ("[model]\ndevice = 'tpu'\n", ["[model] device"]),
         ("[clocks]\nrequired = 'yes'\n", ["[clocks] required", "true or false"]),

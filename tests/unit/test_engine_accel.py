@@ -247,3 +247,19 @@ def test_compile_caches_live_under_the_cache_dir(tmp_path: Path, monkeypatch: py
         if key.endswith("_DIR"):
             assert Path(got[key]).is_dir() and Path(got[key]).is_relative_to(tmp_path), key
     assert accel.configure_caches(None) == {}
+
+
+@pytest.mark.parametrize(("wanted", "kind"), [("auto", "column"), ("cudnn", "column"), ("sdpa", "mask")])
+def test_attention_is_chosen_by_config(tiny_engine: Any, wanted: str, kind: str) -> None:
+    """``[model] attention``: on the CPU "auto" takes the key column (FlashAttention is
+    CUDA-only); a named kernel that runs here is taken as asked."""
+    fast = accel.FastSolver(tiny_engine.dit, torch.device("cpu"), compile=False, graphs=False, attention=wanted)
+    assert fast.weights.attention == kind
+    assert fast.attention == ("cudnn" if kind == "column" else "sdpa")
+
+
+def test_attention_that_cannot_run_here_is_a_clear_error(tiny_engine: Any) -> None:
+    from ishowttsd.engine.errors import EngineError
+
+    with pytest.raises(EngineError, match=r"attention = 'flash' does not run on cpu.*flash-attn-4.*\"auto\""):
+        accel.FastSolver(tiny_engine.dit, torch.device("cpu"), compile=False, graphs=False, attention="flash")
