@@ -439,8 +439,6 @@ class Engine:
         with sampler.exact_length_convs(self.device):
             for frames in range(FFT_FRAMES, longest + FFT_FRAMES, FFT_FRAMES):
                 self.vocoder(torch.zeros(1, N_MELS, frames, device=self.device))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     @staticmethod
     def _bad(samples: np.ndarray) -> bool:
@@ -557,7 +555,8 @@ class Engine:
                     "s": round(time.perf_counter() - t0, 2),
                 },
             )
-        self._warm_vocoder(voice.reference)
+        if self.device.type == "cuda":  # cuFFT's and cuBLAS's set-up; the CPU has none to speak of
+            self._warm_vocoder(voice.reference)
         for nfe, cfg in itertools.product(sorted(set(nfe_values)), strengths.values()):
             req = SynthesisRequest(text=_WARMUP_TEXT, voice_id=voice.id, nfe=nfe, cfg_strength=cfg, seed=0)
             try:
