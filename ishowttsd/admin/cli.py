@@ -160,9 +160,9 @@ def _follow(events: Iterable[dict[str, Any]], on_other: Callable[[dict[str, Any]
 def _fast_path(fast: Mapping[str, Any]) -> str:
     """"compile + CUDA graphs, attention flash", or "off (eager)"."""
     parts = [name for key, name in (("compiled", "compile"), ("cuda_graphs", "CUDA graphs")) if fast.get(key)]
-    if not parts and not fast.get("attention"):
+    if not parts:  # the engine builds the fast path only for one of them
         return "off (eager)"
-    return " + ".join(parts or ["bucketed"]) + (f", attention {fast['attention']}" if fast.get("attention") else "")
+    return " + ".join(parts) + (f", attention {fast['attention']}" if fast.get("attention") else "")
 
 
 def format_status(s: Mapping[str, Any]) -> str:
