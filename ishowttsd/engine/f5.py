@@ -211,7 +211,10 @@ class Engine:
         # The bucketed compiled/graphed solver for self.dit (None: eager sampler.sample).
         self.fast = fast
         self._dit_kwargs = dit_kwargs
-        self.vocoder = vocoder
+        # Requests decode with the vocoder's network in the engine's precision (its inverse STFT
+        # is fp32 either way); the fp32 one stays for the half-precision guard's redo.
+        self._fp32_vocoder = vocoder
+        self.vocoder = vocoder if precision == "fp32" else vocoder.at_precision(_DTYPES[precision])
         self.vocab = vocab
         self.device = device
         self.precision = precision
@@ -285,7 +288,8 @@ class Engine:
         progress(f"moving to {device} as {precision}")
         dtype = _DTYPES[precision]
         dit = dit.eval().requires_grad_(False).to(device=device, dtype=dtype)
-        # The vocoder stays fp32: it is ~2% of the work, and its ISTFT needs fp32 anyway.
+        # Loaded in fp32, for the half-precision guard's redo; the engine makes a copy in its own
+        # precision for requests (ISTFT in fp32 either way).
         voc = voc.eval().requires_grad_(False).to(device=device)
         fast: accel.FastSolver | None = None
         if (spec.compile or spec.cuda_graphs) and device.type != "cuda":
@@ -418,8 +422,9 @@ class Engine:
                 dit, ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
             )
         clock.mark()
+        decode = self.vocoder if dit is self.dit else self._fp32_vocoder
         with sampler.exact_length_convs(self.device):
-            wave = self.vocoder(mel[:, ref.frames :, :].permute(0, 2, 1).float())[0]
+            wave = decode(mel[:, ref.frames :, :].permute(0, 2, 1))[0]
         if ref.rms < req.target_rms:
             wave = wave * (ref.rms / req.target_rms)
         clock.mark()
@@ -577,6 +582,7 @@ class Engine:
                     extra={"precision": self.precision, "device": self.info.device},
                 )
                 self.dit = self._fp32_model()
+                self.vocoder = self._fp32_vocoder
                 self.precision = "fp32"
                 self.fast = None  # its graphs hold the half-precision model
                 self.info = replace(self.info, precision="fp32", compiled=False, cuda_graphs=False, attention="")

@@ -184,7 +184,48 @@ def test_half_precision_guard_falls_back_to_fp32(caplog: pytest.LogCaptureFixtur
 
     engine.warm_up(voice, [7])  # half precision is broken here: the engine switches to fp32 for good
     assert engine.precision == "fp32" and engine.info.precision == "fp32"
+    assert engine.vocoder.dtype == torch.float32
     assert not engine.synthesize(voice, _req()).fp32_fallback
+
+
+def test_half_precision_engine_decodes_with_a_half_vocoder_and_redoes_in_fp32() -> None:
+    """The vocoder's network runs in the engine's precision (the inverse STFT in fp32): its
+    audio is within half-precision rounding of the fp32 vocoder's, not equal to it.  The
+    guard's fp32 redo decodes with the fp32 vocoder."""
+    engine = _tiny(precision="bf16")
+    voice = engine.prepare_voice(VoiceSpec(id="default"))
+    assert engine.vocoder.dtype == torch.bfloat16 and engine._fp32_vocoder.dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in engine.vocoder.backbone.parameters())
+    seen: dict[str, list[torch.Tensor]] = {"half": [], "fp32": []}
+
+    def spy(name: str, vocoder: Any) -> None:
+        real = vocoder.forward
+
+        def forward(mel: torch.Tensor) -> torch.Tensor:
+            seen[name].append(mel)
+            wave: torch.Tensor = real(mel)
+            assert wave.dtype == torch.float32
+            return wave
+
+        vocoder.forward = forward
+
+    spy("half", engine.vocoder)
+    spy("fp32", engine._fp32_vocoder)
+    out = engine.synthesize(voice, _req())
+    assert len(seen["half"]) == 1 and not seen["fp32"]
+    mel = seen["half"][0]
+    with torch.inference_mode():
+        half, full = engine.vocoder(mel)[0], engine._fp32_vocoder(mel)[0]
+    assert np.array_equal(half.numpy()[: len(out.audio)], out.audio)
+    distance = float((half - full).norm() / full.norm())
+    assert 1e-5 < distance < 3e-2, distance
+
+    engine._fp32_model()
+    engine.dit.proj_out.register_forward_hook(lambda _m, _i, out: torch.full_like(out, float("nan")))
+    seen["half"].clear()
+    seen["fp32"].clear()
+    assert engine.synthesize(voice, _req()).fp32_fallback
+    assert len(seen["half"]) == 1 and len(seen["fp32"]) == 1  # the NaN chunk, then its fp32 redo
 
 
 def test_warm_up_captures_and_runs_each_guidance_once(
@@ -210,3 +251,4 @@ def test_warm_up_captures_and_runs_each_guidance_once(
     assert sorted(asked) == [False, True]
     done = sorted((r.nfe, r.cfg_strength) for r in caplog.records if r.message == "warm-up done")  # type: ignore[attr-defined]
     assert done == [(6, 0.0), (6, 2.0), (7, 0.0), (7, 2.0)]
+
