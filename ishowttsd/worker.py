@@ -4,6 +4,13 @@ The event loop never runs torch.  It hands jobs to this thread and awaits their
 futures.  Live requests go before background work (the self-check), so users are never
 starved by it.  Control calls (swap the model, prepare a voice) run on the same thread,
 in between jobs, so nothing ever touches the model concurrently.
+
+A synthesis is a generator (``Engine.synthesis_steps``) that yields just before it waits for
+the GPU.  At that point the thread starts the next live request, so its work is queued on the
+GPU before the first one's audio is handed over: the GPU does not idle while the host
+finishes one request and prepares the next.  At most :data:`IN_FLIGHT` jobs are under way, and
+they take turns.  Background work only starts on an idle thread, and control calls wait until
+nothing is in flight.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -25,6 +33,8 @@ T = TypeVar("T")
 LIVE = 0
 BACKGROUND = 1
 _CONTROL = -1
+# Jobs under way at once: one on the GPU and the next queued behind it is all overlap needs.
+IN_FLIGHT = 2
 
 log = get_logger("ishowttsd.worker")
 
@@ -64,9 +74,14 @@ class JobResult:
     finished_at: float
 
 
+Steps = Generator[None, None, T]
+
+
 @dataclass
 class Job(Generic[T]):
-    run: Callable[[ModelSlot, Callable[[], bool]], T]
+    # Called on the worker thread with the current slot and the job's stop check; the generator
+    # yields where the thread may start other work, and returns the job's result.
+    steps: Callable[[ModelSlot | None, Callable[[], bool]], Steps[T]]
     priority: int
     future: Future[T] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -81,7 +96,7 @@ class Worker:
         self._slot: ModelSlot | None = None
         self._accepting = True
         self._stop = False
-        self._running: Job[Any] | None = None
+        self._running: list[Job[Any]] = []
         self._beat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._seq = itertools.count()
@@ -115,14 +130,14 @@ class Worker:
         ``first_chunk_bytes`` caps the first text chunk, so a stream's first audio comes sooner.
         """
         job: Job[JobResult] = Job(
-            run=lambda slot, stop: self._synthesize(slot, req, on_chunk, stop, job, first_chunk_bytes),
+            steps=lambda slot, stop: self._synthesize(slot, req, on_chunk, stop, job, first_chunk_bytes),
             priority=priority)
         self._enqueue(job, limit=self._queue_size if priority == LIVE else None)
         return job
 
     def call(self, fn: Callable[[ModelSlot | None], T]) -> Future[T]:
         """Run fn on the worker thread between jobs (control work: swap model, prepare voices)."""
-        job: Job[T] = Job(run=lambda slot, _stop: fn(slot), priority=_CONTROL)
+        job: Job[T] = Job(steps=lambda slot, _stop: _at_once(fn, slot), priority=_CONTROL)
         self._enqueue(job, limit=None)
         return job.future
 
@@ -149,8 +164,7 @@ class Worker:
             self._cond.notify_all()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            running = self._running
-            if running is not None:
+            for running in list(self._running):
                 running.cancelled.set()
             self._thread.join(1.0)
         return not self._thread.is_alive()
@@ -166,11 +180,16 @@ class Worker:
             self._cond.notify()
 
     # --- the worker thread ----------------------------------------------------------
-    def _next(self) -> Job[Any] | None:
+    def _next(self, busy: bool) -> Job[Any] | None:
+        """The next job to start.  Idle (``busy`` false): waits for one of any kind, or returns
+        None when stopping.  Busy: returns a live job at once, or None; a queued control call
+        holds back new work until what is in flight is done."""
         with self._cond:
             while True:
                 self._beat = time.monotonic()
-                for priority in (_CONTROL, LIVE, BACKGROUND):
+                if busy and self._queues[_CONTROL]:
+                    return None
+                for priority in (LIVE,) if busy else (_CONTROL, LIVE, BACKGROUND):
                     queue = self._queues[priority]
                     while queue:
                         job = queue.pop(0)
@@ -182,33 +201,55 @@ class Worker:
                             continue
                         if not job.future.set_running_or_notify_cancel():
                             continue
-                        self._running = job
                         return job
-                if self._stop:
+                if busy or self._stop:
                     return None
                 # Wake up every second so the heartbeat stays fresh while idle.
                 self._cond.wait(timeout=1.0)
 
     def _loop(self) -> None:
-        while (job := self._next()) is not None:
-            def should_stop(job: Job[Any] = job) -> bool:
-                self._beat = time.monotonic()
-                return job.cancelled.is_set()
+        flights: deque[tuple[Job[Any], Steps[Any]]] = deque()
+        while True:
+            if len(flights) < IN_FLIGHT:
+                job = self._next(busy=bool(flights))
+                if job is not None:
+                    steps = job.steps(self._slot, self._stop_check(job))
+                    self._running.append(job)
+                    if not self._advance(job, steps):
+                        flights.append((job, steps))
+                    continue
+                if not flights:
+                    return
+            job, steps = flights.popleft()
+            if not self._advance(job, steps):
+                flights.append((job, steps))  # its turn again after the other's
 
-            try:
-                result = job.run(self._slot, should_stop)  # type: ignore[arg-type]
-            except BaseException as exc:  # the job's owner decides what an error means
-                job.future.set_exception(exc)
-            else:
-                job.future.set_result(result)
-            finally:
-                self._running = None
-                self._beat = time.monotonic()
+    def _stop_check(self, job: Job[Any]) -> Callable[[], bool]:
+        def should_stop() -> bool:
+            self._beat = time.monotonic()
+            return job.cancelled.is_set()
+
+        return should_stop
+
+    def _advance(self, job: Job[Any], steps: Steps[Any]) -> bool:
+        """Run a job to its next yield; True when it has ended (its future then holds the end)."""
+        try:
+            next(steps)
+        except StopIteration as done:
+            job.future.set_result(done.value)
+        except BaseException as exc:  # the job's owner decides what an error means
+            job.future.set_exception(exc)
+        else:
+            return False
+        finally:
+            self._beat = time.monotonic()
+        self._running.remove(job)
+        return True
 
     def _synthesize(self, slot: ModelSlot | None, req: SynthesisRequest,
                     on_chunk: Callable[[np.ndarray], None] | None,
                     should_stop: Callable[[], bool], job: Job[Any],
-                    first_chunk_bytes: int | None = None) -> JobResult:
+                    first_chunk_bytes: int | None = None) -> Steps[JobResult]:
         if slot is None:
             raise WorkerStopped("no model is loaded")
         voice = slot.voices.get(req.voice_id)
@@ -216,10 +257,17 @@ class Worker:
             raise UnknownVoice(req.voice_id)
         started = time.monotonic()
         extra = {"first_chunk_bytes": first_chunk_bytes} if first_chunk_bytes else {}
-        synthesis = slot.engine.synthesize(voice, req, on_chunk=on_chunk, should_stop=should_stop, **extra)
+        synthesis = yield from slot.engine.synthesis_steps(
+            voice, req, on_chunk=on_chunk, should_stop=should_stop, **extra)
         finished = time.monotonic()
         self.served += 1
         if job.priority == LIVE:
             self.served_live += 1
         return JobResult(synthesis=synthesis, queue_wait_s=started - job.enqueued_at,
                          started_at=started, finished_at=finished)
+
+
+def _at_once(fn: Callable[[ModelSlot | None], T], slot: ModelSlot | None) -> Steps[T]:
+    """A control call as a job's steps: it runs whole on its first step, yielding nothing."""
+    yield from ()
+    return fn(slot)

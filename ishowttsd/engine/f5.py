@@ -12,11 +12,11 @@ import itertools
 import logging
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -190,6 +190,25 @@ class _StageClock:
         return [end - start for start, end in pairs]
 
 
+class _ChunkInput(NamedTuple):
+    """What one chunk's solve starts from (kept for a redo in fp32)."""
+
+    ids: Tensor  # token ids of reference transcript + chunk, on the device
+    frames: int  # total frames, reference included
+    noise: Tensor  # the initial noise drawn for it
+    text_len: int  # characters of its text (logged; the text itself never is)
+
+
+class _Pending(NamedTuple):
+    """A chunk queued on the device (:meth:`Engine._launch`); :meth:`Engine._collect` waits."""
+
+    chunk: _ChunkInput
+    dit: nn.Module  # the model it ran on (half precision or the fp32 twin)
+    samples: Tensor  # on the host (pinned, filled asynchronously on CUDA)
+    done: Any  # torch.cuda.Event recorded after the copy; None where the work is synchronous
+    clock: _StageClock
+
+
 class Engine:
     """A loaded, ready model.  Build it with :meth:`Engine.load`."""
 
@@ -206,8 +225,12 @@ class Engine:
         info: EngineInfo,
         dit_kwargs: dict[str, Any],
         fast: accel.FastSolver | None = None,
+        overlap: bool | None = None,
     ) -> None:
         self.dit = dit
+        # Queue the next chunk before waiting for the last (:meth:`synthesis_steps`): only where
+        # the device works asynchronously; on the CPU it would only delay every chunk's audio.
+        self.overlap = device.type == "cuda" if overlap is None else overlap
         # The bucketed compiled/graphed solver for self.dit (None: eager sampler.sample).
         self.fast = fast
         self._dit_kwargs = dit_kwargs
@@ -381,6 +404,8 @@ class Engine:
     def _tokens(self, ref_text: str, gen_text: str) -> Tensor:
         chars = convert_char_to_pinyin([ref_text + gen_text])
         ids: Tensor = list_str_to_idx(chars, self.vocab)
+        if self.device.type == "cuda":  # from pageable memory, a copy would wait for the GPU
+            return ids.pin_memory().to(self.device, non_blocking=True)
         return ids.to(self.device)
 
     def _fp32_model(self) -> nn.Module:
@@ -399,27 +424,28 @@ class Engine:
             self._fp32_dit = twin.eval().requires_grad_(False)
         return self._fp32_dit
 
-    def _render(
+    def _launch(
         self,
         dit: nn.Module,
         ref: Reference,
         ref_mel: Tensor,
-        ids: Tensor,
-        frames: int,
-        noise: Tensor,
+        chunk: _ChunkInput,
         req: SynthesisRequest,
-        timings: dict[str, float],
-    ) -> np.ndarray:
-        """One chunk: ODE solve then vocoder; returns the generated part's samples."""
+    ) -> _Pending:
+        """Queue one chunk's work (ODE solve, vocoder, copy of the samples to the host) without
+        waiting for it: on CUDA the host returns while the GPU still runs, so it can queue
+        more work (the next chunk, another request's) before :meth:`_collect` waits."""
         clock = _StageClock(self.device)
         clock.mark()
         if self.fast is not None and dit is self.fast.dit:
             mel = self.fast.sample(
-                ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
+                ref_mel, chunk.ids, chunk.frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway,
+                noise=chunk.noise,
             )
         else:
             mel = sampler.sample(
-                dit, ref_mel, ids, frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway, noise=noise
+                dit, ref_mel, chunk.ids, chunk.frames, nfe=req.nfe, cfg_strength=req.cfg_strength, sway=req.sway,
+                noise=chunk.noise,
             )
         clock.mark()
         decode = self.vocoder if dit is self.dit else self._fp32_vocoder
@@ -428,11 +454,25 @@ class Engine:
         if ref.rms < req.target_rms:
             wave = wave * (ref.rms / req.target_rms)
         clock.mark()
-        samples = wave.cpu().numpy().astype(np.float32, copy=False)
-        ode, vocoder = clock.seconds()
+        if self.device.type != "cuda":
+            return _Pending(chunk, dit, wave, None, clock)
+        # Into page-locked memory, asynchronously: a copy to pageable memory waits for the GPU.
+        host = torch.empty(wave.shape, dtype=wave.dtype, pin_memory=True)
+        host.copy_(wave, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Pending(chunk, dit, host, done, clock)
+
+    @staticmethod
+    def _collect(pending: _Pending, timings: dict[str, float]) -> np.ndarray:
+        """Wait for a launched chunk; its samples, and its stage times added to ``timings``."""
+        if pending.done is not None:
+            pending.done.synchronize()
+        ode, vocoder = pending.clock.seconds()
         timings["ode"] += ode
         timings["vocoder"] += vocoder
-        return samples
+        # The array keeps the (pinned) tensor alive: no copy.
+        return pending.samples.numpy().astype(np.float32, copy=False)
 
     @torch.inference_mode()
     def _warm_vocoder(self, ref: Reference) -> None:
@@ -449,7 +489,6 @@ class Engine:
     def _bad(samples: np.ndarray) -> bool:
         return not np.all(np.isfinite(samples)) or len(samples) == 0 or float(np.max(np.abs(samples))) < _SILENT_PEAK
 
-    @torch.inference_mode()
     def synthesize(
         self,
         voice: PreparedVoice,
@@ -459,7 +498,28 @@ class Engine:
         should_stop: Callable[[], bool] = lambda: False,
         first_chunk_bytes: int | None = None,
     ) -> Synthesis:
-        """Speak ``req.text`` in ``voice``.
+        """Speak ``req.text`` in ``voice``, start to end (:meth:`synthesis_steps`, run through)."""
+        steps = self.synthesis_steps(
+            voice, req, on_chunk=on_chunk, should_stop=should_stop, first_chunk_bytes=first_chunk_bytes
+        )
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: Synthesis = done.value
+                return result
+
+    @torch.inference_mode()
+    def synthesis_steps(
+        self,
+        voice: PreparedVoice,
+        req: SynthesisRequest,
+        *,
+        on_chunk: Callable[[np.ndarray], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        first_chunk_bytes: int | None = None,
+    ) -> Generator[None, None, Synthesis]:
+        """Speak ``req.text`` in ``voice``, one step at a time; the generator returns the result.
 
         Long text is split into chunks (sentences, then clauses) sized to the reference; each
         chunk's settled samples go to ``on_chunk`` as soon as they exist (the cross-fade tail is
@@ -467,8 +527,13 @@ class Engine:
         ``on_chunk`` equals ``Synthesis.audio``.  ``should_stop`` is polled before each chunk
         (raises Cancelled).  ``first_chunk_bytes`` caps the first chunk, for a faster first audio.
 
+        Where the device runs asynchronously (``overlap``: CUDA), the next chunk is queued
+        before the last one is waited for, and the generator yields just before each wait: the
+        caller may queue other work then (the worker queues the next request), so the GPU never
+        idles while the host hands audio over.  Elsewhere it never yields.
+
         fp16/bf16 guard: a chunk that comes out non-finite or silent is redone in fp32, and the
-        rest of the request stays in fp32 (chunks already streamed cannot be taken back).
+        chunks queued after that are made in fp32 (chunks already streamed cannot be taken back).
         """
         t_start = time.perf_counter()
         if not MIN_NFE <= req.nfe <= MAX_NFE:
@@ -490,6 +555,21 @@ class Engine:
         fader = text.CrossFader(int(req.cross_fade_s * SAMPLE_RATE) if req.cross_fade_s > 0 else 0, on_chunk)
         dit = self.dit
         fell_back = False
+        queued: deque[_Pending] = deque()
+
+        def settle(pending: _Pending) -> None:
+            nonlocal dit, fell_back
+            samples = self._collect(pending, timings)
+            if pending.dit is not self._fp32_dit and self._bad(samples):
+                log.warning(
+                    "half-precision output was non-finite or silent; redoing in fp32",
+                    extra={"precision": self.precision, "text_len": pending.chunk.text_len, "nfe": req.nfe},
+                )
+                dit = self._fp32_model()
+                fell_back = True
+                samples = self._collect(self._launch(dit, ref, ref_mel, pending.chunk, req), timings)
+            fader.push(samples)
+
         for chunk, duration in zip(chunks, durations, strict=True):
             if should_stop():
                 raise Cancelled("synthesis cancelled")
@@ -503,16 +583,15 @@ class Engine:
             frames = sampler.total_frames(wanted, ref_mel.shape[1], ids.shape[1])
             noise = sampler.initial_noise(frames, N_MELS, generator, self.device)
             timings["text_prep"] += time.perf_counter() - t_prep
-            samples = self._render(dit, ref, ref_mel, ids, frames, noise, req, timings)
-            if dit is not self._fp32_dit and self._bad(samples):
-                log.warning(
-                    "half-precision output was non-finite or silent; redoing in fp32",
-                    extra={"precision": self.precision, "text_len": len(chunk), "nfe": req.nfe},
-                )
-                dit = self._fp32_model()
-                fell_back = True
-                samples = self._render(dit, ref, ref_mel, ids, frames, noise, req, timings)
-            fader.push(samples)
+            queued.append(self._launch(dit, ref, ref_mel, _ChunkInput(ids, frames, noise, len(chunk)), req))
+            if len(queued) > (1 if self.overlap else 0):
+                if self.overlap:
+                    yield
+                settle(queued.popleft())
+        while queued:
+            if self.overlap:
+                yield
+            settle(queued.popleft())
         audio = fader.finish()
         timings["total"] = time.perf_counter() - t_start
         return Synthesis(

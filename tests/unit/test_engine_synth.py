@@ -252,3 +252,75 @@ def test_warm_up_captures_and_runs_each_guidance_once(
     done = sorted((r.nfe, r.cfg_strength) for r in caplog.records if r.message == "warm-up done")  # type: ignore[attr-defined]
     assert done == [(6, 0.0), (6, 2.0), (7, 0.0), (7, 2.0)]
 
+
+def _drive(steps: Any, trace: list[str]) -> Any:
+    """Run a synthesis generator to its end, noting each yield in ``trace``."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        trace.append("yield")
+
+
+@pytest.fixture()
+def overlapping() -> tuple[Any, Any]:
+    """A tiny engine as it runs on CUDA: the next chunk queued before the last one is waited for
+    (on the CPU the work is synchronous, so this checks the order and the results, not speed)."""
+    engine = _tiny()
+    engine.overlap = True
+    return engine, engine.prepare_voice(VoiceSpec(id="default"))
+
+
+def test_overlapped_steps_queue_the_next_chunk_first_and_give_the_same_audio(overlapping: Any) -> None:
+    engine, voice = overlapping
+    text = LONG + " " + LONG
+    engine.overlap = False
+    plain_chunks: list[np.ndarray] = []
+    plain = engine.synthesize(voice, _req(text), on_chunk=plain_chunks.append)
+    n = plain.chunks
+    assert n >= 3
+    trace: list[str] = []
+    launch, collect = engine._launch, engine._collect
+    engine._launch = lambda *a: trace.append("launch") or launch(*a)
+    engine._collect = lambda *a: trace.append("collect") or collect(*a)
+    # Without overlap (the CPU's default) the generator never yields and never queues ahead.
+    _drive(engine.synthesis_steps(voice, _req(text)), trace)
+    assert trace == ["launch", "collect"] * n
+    trace.clear()
+    engine.overlap = True
+    chunks: list[np.ndarray] = []
+    got = _drive(engine.synthesis_steps(voice, _req(text), on_chunk=chunks.append), trace)
+    assert np.array_equal(got.audio, plain.audio)
+    assert len(chunks) == len(plain_chunks) and all(map(np.array_equal, chunks, plain_chunks))
+    # Two chunks queued before the first wait; then each wait is followed by the next launch.
+    assert trace == ["launch", "launch"] + ["yield", "collect", "launch"] * (n - 2) + ["yield", "collect"] * 2
+
+
+def test_two_overlapped_requests_interleaved_each_give_their_own_audio(overlapping: Any) -> None:
+    """The worker advances two requests' generators in turn: each must get what it gets alone."""
+    engine, voice = overlapping
+    first, second = _req(LONG, seed=1), _req("A short second request, in between.", seed=2)
+    alone = [engine.synthesize(voice, r).audio for r in (first, second)]
+    steps = [engine.synthesis_steps(voice, r) for r in (first, second)]
+    results: dict[int, Any] = {}
+    while len(results) < 2:
+        for i, s in enumerate(steps):
+            if i in results:
+                continue
+            try:
+                next(s)
+            except StopIteration as done:
+                results[i] = done.value
+    assert np.array_equal(results[0].audio, alone[0]) and np.array_equal(results[1].audio, alone[1])
+
+
+def test_overlapped_guard_redoes_each_bad_chunk_in_fp32() -> None:
+    engine = _tiny(precision="bf16")
+    voice = engine.prepare_voice(VoiceSpec(id="default"))
+    engine.overlap = True
+    engine._fp32_model()
+    engine.dit.proj_out.register_forward_hook(lambda _m, _i, out: torch.full_like(out, float("nan")))
+    out = _drive(engine.synthesis_steps(voice, _req(LONG + " " + LONG)), [])
+    assert out.fp32_fallback and out.chunks >= 3
+    assert np.all(np.isfinite(out.audio)) and np.abs(out.audio).max() > 1e-3
