@@ -119,6 +119,21 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref: torc
         lambda: flash.flash_attention(qt, kt, vt, keys).transpose(1, 2),
         ref,
     )
+    # Views of the fused projection's output instead of contiguous copies: could the rotation
+    # kernel write q and k only, with v read where the q/k/v product left it?
+    fused = torch.stack((qt, kt, vt), dim=2)  # (G, N, 3, H, D), as F.linear's output viewed
+    qs, ks, vs = fused.unbind(2)
+    report(
+        "FlashAttention, q/k/v strided views of one (G, N, 3, H, D)",
+        lambda: flash.flash_attention(qs, ks, vs, keys).transpose(1, 2),
+        ref,
+    )
+    pair = torch.stack((qt, kt), dim=2)  # (G, N, 2, H, D): what such a kernel would write
+    report(
+        "FlashAttention, q/k from (G, N, 2, H, D), v strided",
+        lambda: flash.flash_attention(pair[:, :, 0], pair[:, :, 1], vs, keys).transpose(1, 2),
+        ref,
+    )
 
 
 def widths(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor) -> None:

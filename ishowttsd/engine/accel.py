@@ -381,7 +381,11 @@ def _block(
     _shift_msa, _scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
     attn = block.attn
     g, n = norm.shape[0], norm.shape[1]
-    if fused_rotation:
+    if fused_rotation and attention == "flash":  # it reads strided views: v stays in place
+        projected = F.linear(norm, *qkv)
+        q, k = kernels.rotate_qk(projected, rope[0], rope[1], attn.heads).unbind(2)
+        v = projected.view(g, n, 3, attn.heads, -1)[:, :, 2]
+    elif fused_rotation:
         column = keys if attention == "column" else None
         q, k, v = kernels.rotate_qkv(F.linear(norm, *qkv), rope[0], rope[1], attn.heads, column)
     else:

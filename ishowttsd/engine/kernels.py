@@ -105,6 +105,8 @@ if triton is not None:
         D: tl.constexpr,
         COLUMN: tl.constexpr,
         QK_WIDTH: tl.constexpr,
+        QK_TOKEN: tl.constexpr,
+        WRITE_V: tl.constexpr,
         BLOCK_T: tl.constexpr,
     ):
         pid_t = tl.program_id(0)
@@ -115,14 +117,15 @@ if triton is not None:
         half = tl.arange(0, D // 2)
         full = tl.arange(0, D)
         src = qkv_ptr + t[:, None] * (3 * HEADS * D) + head * D
-        # (G, N, H, width) contiguous: row t * H + head; q and k are 2 * D wide with the column
+        # q and k: QK_TOKEN elements from one token to the next, QK_WIDTH (2 * D with the
+        # column) from one head to the next; v is (G, N, H, D) contiguous
         dst = t * HEADS + head
         c = tl.load(cos_ptr + pos[:, None] * D + half[None, :], mask=live, other=0.0)
         s = tl.load(sin_ptr + pos[:, None] * D + half[None, :], mask=live, other=0.0)
         for part in tl.static_range(2):  # q, then k
             x1 = tl.load(src + part * HEADS * D + half[None, :], mask=live, other=0.0).to(tl.float32)
             x2 = tl.load(src + part * HEADS * D + D // 2 + half[None, :], mask=live, other=0.0).to(tl.float32)
-            out = (q_ptr if part == 0 else k_ptr) + dst[:, None] * QK_WIDTH
+            out = (q_ptr if part == 0 else k_ptr) + t[:, None] * QK_TOKEN + head * QK_WIDTH
             tl.store(out + half[None, :], (x1 * c - x2 * s).to(q_ptr.dtype.element_ty), mask=live)
             tl.store(out + D // 2 + half[None, :], (x2 * c + x1 * s).to(q_ptr.dtype.element_ty), mask=live)
             if COLUMN:
@@ -133,8 +136,9 @@ if triton is not None:
                     first = tl.load(bias_ptr + t, mask=t < rows, other=0.0).to(tl.float32)
                 extra = tl.where(full[None, :] == 0, first[:, None], 0.0)
                 tl.store(out + D + full[None, :], extra.to(q_ptr.dtype.element_ty), mask=live)
-        v = tl.load(src + 2 * HEADS * D + full[None, :], mask=live, other=0.0)
-        tl.store(v_ptr + dst[:, None] * D + full[None, :], v, mask=live)
+        if WRITE_V:
+            v = tl.load(src + 2 * HEADS * D + full[None, :], mask=live, other=0.0)
+            tl.store(v_ptr + dst[:, None] * D + full[None, :], v, mask=live)
 
 
 # A padded key's entry in the validity column: with q's 1 there its score drops by
@@ -148,6 +152,52 @@ def rotate_halves(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     head, rest = t[..., :rot].float(), t[..., rot:]
     half = torch.cat((-head[..., rot // 2 :], head[..., : rot // 2]), dim=-1)
     return torch.cat(((head * cos + half * sin).to(t.dtype), rest), dim=-1)
+
+
+@torch.library.custom_op("ishowttsd::rotate_qk", mutates_args=())
+def rotate_qk(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int) -> Tensor:
+    """q and k of the fused (G, N, 3 * H * d) projection, rotated by halves, as one
+    (G, N, 2, H, d) tensor; v is left where the projection wrote it.  For FlashAttention,
+    which reads strided q/k/v as fast as contiguous ones (bench/NOTES.md item 36): a third
+    less to write than :func:`rotate_qkv`."""
+    g, n, width = qkv.shape
+    d = width // (3 * heads)
+    pair = qkv.new_empty(g, n, 2, heads, d)
+    if qkv.is_cuda and triton is not None and cos.shape[-1] == d and qkv.is_contiguous():
+        block = 64
+        grid = (triton.cdiv(g * n, block), heads)
+        q, k = pair.unbind(2)
+        # No key bias and no v: the bias and v pointers are placeholders the kernel never reads.
+        _rotate_qkv_kernel[grid](
+            qkv,
+            cos,
+            sin,
+            cos,
+            q,
+            k,
+            q,
+            g * n,
+            n,
+            HEADS=heads,
+            D=d,
+            COLUMN=False,
+            QK_WIDTH=d,
+            QK_TOKEN=2 * heads * d,
+            WRITE_V=False,
+            BLOCK_T=block,
+            num_warps=4,
+        )
+        return pair
+    q, k, _v = qkv.view(g, n, 3, heads, d).unbind(2)
+    pair[:, :, 0] = rotate_halves(q, cos, sin)
+    pair[:, :, 1] = rotate_halves(k, cos, sin)
+    return pair
+
+
+@rotate_qk.register_fake
+def _rotate_qk_fake(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int) -> Tensor:
+    g, n, width = qkv.shape
+    return qkv.new_empty(g, n, 2, heads, width // (3 * heads))
 
 
 def _split_heads(qkv: Tensor, heads: int, column: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -197,6 +247,8 @@ def rotate_qkv(
             D=d,
             COLUMN=column,
             QK_WIDTH=outs[0].shape[-1],
+            QK_TOKEN=heads * outs[0].shape[-1],
+            WRITE_V=True,
             BLOCK_T=block,
             num_warps=4,
         )

@@ -246,6 +246,11 @@ def test_rotate_qkv_kernel_matches_torch(torch_cuda: Any) -> None:
             for a, b in zip(got, want, strict=True):
                 assert a.shape == b.shape and a.stride() == b.stride()
                 assert float((a.float().cpu() - b.float()).abs().max()) < 2e-3
+        # q and k only, as one (G, N, 2, H, d), for FlashAttention: the same q and k
+        pair = kernels.rotate_qk(qkv, cos, sin, 16)
+        assert pair.shape == (g, n, 2, 16, 64)
+        q, k, _v = kernels.rotate_qkv(qkv, cos, sin, 16)
+        assert torch.equal(pair[:, :, 0], q) and torch.equal(pair[:, :, 1], k)
 
 
 def test_column_attention_ignores_padded_keys(torch_cuda: Any) -> None:

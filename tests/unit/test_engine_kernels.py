@@ -128,3 +128,19 @@ def test_feed_forward_plain_path_and_which_blocks_take_the_epilogue() -> None:
     x = torch.randn(2, 9, 32)
     with torch.no_grad():
         assert torch.equal(accel._feed_forward(ff, x, False), ff(x))
+
+
+def test_rotate_qk_gives_rotate_qkvs_q_and_k() -> None:
+    """For FlashAttention only q and k are written (as one (G, N, 2, H, d)); v stays in the
+    projection's output, which it reads as a strided view."""
+    torch.manual_seed(5)
+    g, n, heads, d = 2, 30, 4, 16
+    qkv = torch.randn(g, n, 3 * heads * d)
+    angles = torch.randn(n, d // 2)
+    angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
+    pair = kernels.rotate_qk(qkv, angles.cos(), angles.sin(), heads)
+    q, k, v = kernels.rotate_qkv(qkv, angles.cos(), angles.sin(), heads)
+    assert pair.shape == (g, n, 2, heads, d)
+    assert torch.equal(pair[:, :, 0], q) and torch.equal(pair[:, :, 1], k)
+    assert not torch.equal(q, qkv.view(g, n, 3, heads, d)[:, :, 0])  # rotated
+    assert torch.equal(v, qkv.view(g, n, 3, heads, d)[:, :, 2])
