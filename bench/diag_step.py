@@ -37,6 +37,7 @@ AB = {
     "key-column": ("the key-validity column + cuDNN (undone: SDPA's mask)", {"attention": "mask"}),
     "flash": ("FlashAttention with key counts (undone: cuDNN over the key column)", {"attention": "column"}),
     "gelu-epilogue": ("bias + GELU in the matmul epilogue (undone: inductor's kernel)", {"gelu_epilogue": False}),
+    "qkv-epilogue": ("q/k/v bias + rotation in QuACK's GEMM epilogue (undone: cuBLAS + rotate_qk)", {}),
     "length-only-dynamic": ("only the length symbolic (undone: torch.compile(dynamic=True), every dim)", {}),
     # Not an undo but a trial: the B side compiles with inductor's Triton GEMM templates, which
     # can fuse the residual adds and gates into the matmuls' epilogues.
@@ -126,6 +127,8 @@ def main() -> None:
         for name in args.ab:
             other = accel.FastSolver(eng.dit, eng.device, compile=not args.no_compile, graphs=True)
             other.weights = other.weights._replace(**AB[name][1])
+            if name == "qkv-epilogue":
+                other.weights = accel.fast_weights(eng.dit, qkv_epilogue=False)
             if name == "length-only-dynamic":
                 torch._dynamo.reset()  # a fresh trace, as a restart would do
                 recompile(other, dynamic=True)

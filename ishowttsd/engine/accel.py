@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import flash, kernels, sampler
+from . import flash, fused_gemm, kernels, sampler
 from .errors import EngineError
 
 log = logging.getLogger("ishowttsd.engine")
@@ -86,6 +86,7 @@ def configure_caches(cache_dir: str | os.PathLike[str] | None) -> dict[str, str]
         Path(value).mkdir(parents=True, exist_ok=True)
         os.environ[key] = value
     dirs.update(flash.configure_cache(root))
+    dirs.update(fused_gemm.configure_cache(root))
     try:
         import torch._inductor.config as inductor_config
 
@@ -246,9 +247,14 @@ class FastWeights(NamedTuple):
     fused_rotation: bool  # split + rotate q/k/v in one kernel (kernels.rotate_qkv)
     attention: Attention  # how padded keys are left out (attention_keys, _attend)
     gelu_epilogue: bool  # feed-forward's bias + GELU run in its first matmul (_feed_forward)
+    # The q/k/v product's bias and rotation in QuACK's GEMM epilogue (engine/fused_gemm.py):
+    # the (1, 3 * H * d) rotary frequencies it takes, or None where cuBLAS + rotate_qk run.
+    qkv_rope: Tensor | None = None
 
     def block_plan(self) -> BlockPlan:
-        return BlockPlan(self.half_split, self.fused_rotation, self.attention, self.gelu_epilogue)
+        return BlockPlan(
+            self.half_split, self.fused_rotation, self.attention, self.gelu_epilogue, self.qkv_rope is not None
+        )
 
 
 class BlockPlan(NamedTuple):
@@ -258,6 +264,7 @@ class BlockPlan(NamedTuple):
     fused_rotation: bool
     attention: Attention
     gelu_epilogue: bool
+    qkv_epilogue: bool
 
 
 def _tanh_gelu_ff(block: Any) -> bool:
@@ -280,8 +287,9 @@ def _feed_forward(ff: Any, x: Tensor, epilogue: bool) -> Tensor:
     return ff.ff[2](flat.view(*x.shape[:-1], -1))
 
 
-def fast_weights(dit: DiTModule, attention: str = "auto") -> FastWeights:
-    """The solver's rearranged weights and kernel choices; ``attention`` is ``[model] attention``."""
+def fast_weights(dit: DiTModule, attention: str = "auto", qkv_epilogue: bool = True) -> FastWeights:
+    """The solver's rearranged weights and kernel choices; ``attention`` is ``[model] attention``.
+    ``qkv_epilogue``: rotate q and k in QuACK's q/k/v GEMM where that runs (FlashAttention only)."""
     # A per-dimension q/k norm would need its weights reordered too; keep upstream's order then.
     blocks = dit.transformer_blocks
     half_split = all(b.attn.q_norm is None and b.attn.k_norm is None for b in blocks)
@@ -293,14 +301,30 @@ def fast_weights(dit: DiTModule, attention: str = "auto") -> FastWeights:
     convs = [m for m in dit.input_embed.conv_pos_embed.conv1d if isinstance(m, torch.nn.Conv1d)]
     weight = dit.proj_out.weight
     fused_rotation = half_split and whole_heads
+    kind = _attention(attention, fused_rotation, weight.device, weight.dtype)
+    # QuACK rotates upstream's adjacent pairs, so its weights keep upstream's order.  It needs
+    # FlashAttention (strided q/k/v views), the q/k/v bias, and no xpos scaling.
+    rope = None
+    if (
+        qkv_epilogue
+        and kind == "flash"
+        and all(b.attn.to_q.bias is not None for b in blocks)
+        and not getattr(dit.rotary_embed, "use_xpos", False)
+        and fused_gemm.qkv_rope_works(weight.device, weight.dtype)
+    ):
+        inv_freq = dit.rotary_embed.inv_freq.float() / dit.rotary_embed.interpolation_factor
+        attn = blocks[0].attn
+        rope = fused_gemm.rope_frequencies(inv_freq, attn.heads, attn.to_q.out_features // attn.heads)
+        half_split = False
     return FastWeights(
         qkv=fused_qkv(dit, half_split),
         conv=tuple(kernels.conv_weight(m) for m in convs),
         half_split=half_split,
         fused_rotation=fused_rotation,
-        attention=_attention(attention, fused_rotation, weight.device, weight.dtype),
+        attention=kind,
         # cuBLASLt's GELU epilogue is the tanh form, upstream's choice for the DiT blocks.
         gelu_epilogue=weight.is_cuda and all(_tanh_gelu_ff(b) for b in blocks),
+        qkv_rope=rope,
     )
 
 
@@ -376,12 +400,17 @@ def _block(
     before; the block returns its output and ``following``'s modulated norm of it.  Computing
     the next norm here fuses it with the last residual add into one pass over the activations
     instead of two (0.4-0.6 ms a solve on the H100, bench/NOTES.md item 29)."""
-    half_split, fused_rotation, attention, gelu_epilogue = plan
+    half_split, fused_rotation, attention, gelu_epilogue, qkv_epilogue = plan
     # upstream's AdaLayerNorm, with its linear(silu(t)) precomputed per step
     _shift_msa, _scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(mod, 6, dim=1)
     attn = block.attn
     g, n = norm.shape[0], norm.shape[1]
-    if fused_rotation and attention == "flash":  # it reads strided views: v stays in place
+    if qkv_epilogue:  # q and k rotated in the product's epilogue; rope: positions, frequencies
+        weight, bias = qkv
+        assert bias is not None  # fast_weights checked
+        projected = fused_gemm.qkv_rope(norm.reshape(g * n, -1), weight, bias, rope[0], rope[1])
+        q, k, v = projected.view(g, n, 3, attn.heads, -1).unbind(2)
+    elif fused_rotation and attention == "flash":  # it reads strided views: v stays in place
         projected = F.linear(norm, *qkv)
         q, k = kernels.rotate_qk(projected, rope[0], rope[1], attn.heads).unbind(2)
         v = projected.view(g, n, 3, attn.heads, -1)[:, :, 2]
@@ -528,8 +557,8 @@ def masked_step(
     step's row of :func:`modulations`, ``cfg`` a 0-d tensor.  A pure function of tensors with no
     host syncs, so a CUDA graph can capture it."""
     blocks = dit.transformer_blocks
-    if regions.dynamic:
-        _mark_length(x, cond, text, mask, *rope)
+    if regions.dynamic:  # the rotary frequencies, if they are rope[1], have no length dimension
+        _mark_length(x, cond, text, mask, *(rope[:1] if weights.qkv_rope is not None else rope))
     h, norm = regions.embed(dit, weights, x, cond, text, mask, attention_norm(blocks[0], modulation[0]))
     groups = text.shape[0]
     keys = attention_keys(weights.attention, mask, groups, h.dtype)
@@ -634,7 +663,10 @@ class _Bucket:
         self.x = torch.zeros(rows, frames, mel, device=device)
         self.cond = torch.zeros(groups, frames, mel, device=device, dtype=dtype)
         self.text = torch.zeros(groups, frames, text_dim, device=device, dtype=dtype)
-        self.rope = rope_tables(dit, frames, weights.half_split)
+        if weights.qkv_rope is None:
+            self.rope = rope_tables(dit, frames, weights.half_split)
+        else:  # QuACK's epilogue computes the angles from each row's positions and the frequencies
+            self.rope = (fused_gemm.rope_positions(frames, groups, device), weights.qkv_rope)
         blocks = len(dit.transformer_blocks)
         self.modulation = torch.zeros(blocks + 1, 1, 6 * dim, device=device, dtype=dtype)
         self.dt = torch.full((), 0.1, device=device)

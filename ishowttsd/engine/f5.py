@@ -636,6 +636,7 @@ class Engine:
                     "graphs": captured,
                     "compiled": self.fast.compiled,
                     "attention": self.fast.attention,
+                    "qkv_epilogue": self.fast.weights.qkv_rope is not None,
                     "s": round(time.perf_counter() - t0, 2),
                 },
             )

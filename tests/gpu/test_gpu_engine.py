@@ -367,3 +367,34 @@ def test_half_vocoder_is_within_fp16_rounding_of_fp32(torch_cuda: Any) -> None:
     snr_db = -20 * float(torch.log10((half - full).norm() / full.norm()))
     _report("half_vocoder", {"snr_db_vs_fp32": snr_db, "frames": mel.shape[-1]})
     assert 40.0 < snr_db < 120.0, snr_db
+
+
+def test_qkv_rope_gemm_matches_its_reference(torch_cuda: Any) -> None:
+    """QuACK's q/k/v GEMM with the bias and the rotation in its epilogue (engine/fused_gemm.py)
+    against the same math in fp32, at the bench's shape; its frequency table is QuACK's own."""
+    from ishowttsd.engine import fused_gemm
+
+    torch = torch_cuda
+    if not fused_gemm.qkv_rope_works(torch.device("cuda"), torch.float16):
+        pytest.skip("quack-kernels (it comes with flash-attn-4) is not installed or does not run here")
+    from quack.epilogue.rotary import make_interleaved_inv_freq
+
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2, device="cuda", dtype=torch.float32) / 64))
+    freq = fused_gemm.rope_frequencies(inv_freq, 16, 64)
+    assert torch.equal(freq, make_interleaved_inv_freq(inv_freq, 2 * 16 * 64, 16 * 64)[None].float())
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2 * 1472, 1024, device="cuda", dtype=torch.float16, generator=gen)
+    weight = torch.randn(3072, 1024, device="cuda", dtype=torch.float16, generator=gen) / 32
+    bias = torch.randn(3072, device="cuda", dtype=torch.float16, generator=gen) * 0.1
+    pos = fused_gemm.rope_positions(1472, 2, torch.device("cuda"))
+    got = fused_gemm.qkv_rope(x, weight, bias, pos, freq).float()
+    want = fused_gemm.reference(x, weight, bias, pos, freq)
+    err = float((got - want).abs().max() / want.abs().max())
+    # As many rows as columns (a guided 1536-frame bucket): the bias must still be per column.
+    square = x.new_ones(3072, 1024)
+    pos = fused_gemm.rope_positions(1536, 2, torch.device("cuda"))
+    got = fused_gemm.qkv_rope(square, weight, bias, pos, freq).float()
+    want = fused_gemm.reference(square, weight, bias, pos, freq)
+    err_square = float((got - want).abs().max() / want.abs().max())
+    _report("qkv_rope_gemm", {"relative_max_error": err, "square": err_square})
+    assert err < 2e-3 and err_square < 2e-3, (err, err_square)

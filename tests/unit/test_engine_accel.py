@@ -80,6 +80,50 @@ def test_flash_attention_path_gets_each_rows_key_count(
         assert rel < 1e-5, (cfg, rel)
 
 
+def _rope_gemm_on_cpu(x: torch.Tensor, weight_t: torch.Tensor, *, pos: torch.Tensor, freq: torch.Tensor,
+                      bias: torch.Tensor, tuned: bool) -> dict[str, torch.Tensor]:
+    """What QuACK's rotating GEMM computes (it needs an NVIDIA GPU), called as fused_gemm calls it."""
+    from ishowttsd.engine import fused_gemm
+
+    return {"D": fused_gemm.reference(x, weight_t.t(), bias[0], pos, freq).to(x.dtype)}
+
+
+def test_qkv_epilogue_path_rotates_upstreams_pairs_per_row(
+    tiny_engine: Any, default_voice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The q/k/v product with the bias and the rotation in QuACK's epilogue (engine/fused_gemm.py)
+    through the padded solve, guided and not: weights in upstream's order, each CFG row's own
+    positions, v passed through, FlashAttention reading strided views.  The solve equals eager
+    (to the rounding of fp32 angles, which upstream computes in fp32 and this in float-float).
+    The kernel itself is checked against its reference on the GPU (tests/gpu)."""
+    from ishowttsd.engine import flash, fused_gemm
+
+    monkeypatch.setattr(flash, "_varlen", lambda: _varlen_on_cpu)
+    monkeypatch.setattr(flash, "flash_attention_works", lambda _d, _t: True)
+    monkeypatch.setattr(fused_gemm, "qkv_rope_works", lambda _d, _t: True)
+    monkeypatch.setattr(fused_gemm, "_epilogue", lambda: _rope_gemm_on_cpu)
+    dit = tiny_engine.dit
+    weights = accel.fast_weights(dit)
+    assert weights.attention == "flash" and weights.qkv_rope is not None and not weights.half_split
+    assert torch.equal(weights.qkv[0][0][: dit.transformer_blocks[0].attn.to_q.out_features],
+                       dit.transformer_blocks[0].attn.to_q.weight)  # upstream's order
+    assert accel.fast_weights(dit, qkv_epilogue=False).qkv_rope is None
+    ref = default_voice.reference
+    ref_mel = tiny_engine._reference_mel(ref, 0.1)
+    ids = tiny_engine._tokens(ref.text, "Padding must not change a single real frame.")
+    frames = sampler.total_frames(ref.frames + 101, ref_mel.shape[1], ids.shape[1])
+    assert accel.bucket(frames) > frames, "the case must actually pad"
+    noise = sampler.initial_noise(frames, 100, torch.Generator().manual_seed(7), torch.device("cpu"))
+    for cfg in (2.0, 0.0):
+        fast = accel.FastSolver(dit, torch.device("cpu"), compile=False, graphs=False)
+        assert fast.weights.qkv_rope is not None
+        with torch.inference_mode():
+            want = sampler.sample(dit, ref_mel, ids, frames, nfe=7, cfg_strength=cfg, sway=-1.0, noise=noise)
+            got = fast.sample(ref_mel, ids, frames, nfe=7, cfg_strength=cfg, sway=-1.0, noise=noise)
+        rel = float((got - want).norm() / want.norm())
+        assert rel < 1e-5, (cfg, rel)
+
+
 def _three_blocks(engine: Any) -> Any:
     """The tiny preset with three blocks instead of one (seeded, zero-init layers randomised)."""
     from ishowttsd.engine.upstream import DiT
@@ -229,14 +273,15 @@ def test_compiled_step_traces_once_for_every_length_bucket(tiny_engine: Any, def
 
 
 def test_compile_caches_live_under_the_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inductor's, Triton's and FlashAttention's (with its compiler's) caches all go under the
-    daemon's cache dir, which survives restarts, and not the temp dir."""
+    """Inductor's, Triton's, FlashAttention's (with its compiler's) and QuACK's caches all go
+    under the daemon's cache dir, which survives restarts, and not the temp dir."""
     keys = (
         "TORCHINDUCTOR_CACHE_DIR",
         "TRITON_CACHE_DIR",
         "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED",
         "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR",
         "CUTE_DSL_CACHE_DIR",
+        "QUACK_CACHE_DIR",
     )
     for key in keys:
         monkeypatch.setenv(key, "unset")  # restored after the test
