@@ -158,11 +158,12 @@ def _follow(events: Iterable[dict[str, Any]], on_other: Callable[[dict[str, Any]
 
 
 def _fast_path(fast: Mapping[str, Any]) -> str:
-    """"compile + CUDA graphs, attention flash", or "off (eager)"."""
+    """"compile + CUDA graphs, attention flash, q/k rotated in the GEMM", or "off (eager)"."""
     parts = [name for key, name in (("compiled", "compile"), ("cuda_graphs", "CUDA graphs")) if fast.get(key)]
     if not parts:  # the engine builds the fast path only for one of them
         return "off (eager)"
-    return " + ".join(parts) + (f", attention {fast['attention']}" if fast.get("attention") else "")
+    shown = " + ".join(parts) + (f", attention {fast['attention']}" if fast.get("attention") else "")
+    return shown + (", q/k rotated in the GEMM" if fast.get("qkv_epilogue") else "")
 
 
 def format_status(s: Mapping[str, Any]) -> str:

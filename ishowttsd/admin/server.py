@@ -231,7 +231,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "gpu_name": info.get("gpu_name"),
             "gpu_memory_mb": info.get("gpu_memory_mb"),
             "parameters": info.get("parameters"),
-            "fast_path": {k: info.get(k) for k in ("compiled", "cuda_graphs", "attention")},
+            "fast_path": {k: info.get(k) for k in ("compiled", "cuda_graphs", "attention", "qkv_epilogue")},
         },
         "nfe": int(effective["nfe"]),
         "nfe_epss": has_epss(int(effective["nfe"])),

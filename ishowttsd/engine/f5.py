@@ -71,6 +71,7 @@ class EngineInfo:
     compiled: bool = False
     cuda_graphs: bool = False
     attention: str = ""
+    qkv_epilogue: bool = False  # q/k rotated in the q/k/v GEMM's epilogue (engine/fused_gemm.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,6 +352,7 @@ class Engine:
             compiled=fast is not None and fast.compiled,
             cuda_graphs=fast is not None and fast.graphs_enabled,
             attention=fast.attention if fast is not None else "",
+            qkv_epilogue=fast is not None and fast.weights.qkv_rope is not None,
         )
         log.info("engine loaded", extra={"engine": info.as_dict()})
         return cls(
@@ -665,7 +667,9 @@ class Engine:
                 self.vocoder = self._fp32_vocoder
                 self.precision = "fp32"
                 self.fast = None  # its graphs hold the half-precision model
-                self.info = replace(self.info, precision="fp32", compiled=False, cuda_graphs=False, attention="")
+                self.info = replace(
+                    self.info, precision="fp32", compiled=False, cuda_graphs=False, attention="", qkv_epilogue=False
+                )
             log.info(
                 "warm-up done",
                 extra={

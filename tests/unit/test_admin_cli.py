@@ -302,6 +302,10 @@ def test_status_human_and_json(server: StandIn) -> None:
     ("fast", "shown"),
     [
         ({"compiled": True, "cuda_graphs": True, "attention": "flash"}, "compile + CUDA graphs, attention flash"),
+        (
+            {"compiled": True, "cuda_graphs": True, "attention": "flash", "qkv_epilogue": True},
+            "compile + CUDA graphs, attention flash, q/k rotated in the GEMM",
+        ),
         ({"compiled": False, "cuda_graphs": True, "attention": "cudnn"}, "CUDA graphs, attention cudnn"),
         ({"compiled": False, "cuda_graphs": False, "attention": ""}, "off (eager)"),
     ],
