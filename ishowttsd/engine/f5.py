@@ -226,12 +226,11 @@ class Engine:
         info: EngineInfo,
         dit_kwargs: dict[str, Any],
         fast: accel.FastSolver | None = None,
-        overlap: bool | None = None,
     ) -> None:
         self.dit = dit
         # Queue the next chunk before waiting for the last (:meth:`synthesis_steps`): only where
         # the device works asynchronously; on the CPU it would only delay every chunk's audio.
-        self.overlap = device.type == "cuda" if overlap is None else overlap
+        self.overlap = device.type == "cuda"
         # The bucketed compiled/graphed solver for self.dit (None: eager sampler.sample).
         self.fast = fast
         self._dit_kwargs = dit_kwargs
