@@ -9,6 +9,7 @@ vocab and vocoder are local paths, or built in-process with seeded random weight
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import secrets
 import time
@@ -191,6 +192,13 @@ class _StageClock:
         return [end - start for start, end in pairs]
 
 
+def _peak(wave: Tensor) -> Tensor:
+    """The largest magnitude of ``wave`` as a 0-d tensor on its device; NaN if any sample is."""
+    if wave.numel() == 0:  # the inf norm has no identity
+        return wave.new_zeros(())
+    return torch.linalg.vector_norm(wave, float("inf"))
+
+
 class _ChunkInput(NamedTuple):
     """What one chunk's solve starts from (kept for a redo in fp32)."""
 
@@ -206,6 +214,7 @@ class _Pending(NamedTuple):
     chunk: _ChunkInput
     dit: nn.Module  # the model it ran on (half precision or the fp32 twin)
     samples: Tensor  # on the host (pinned, filled asynchronously on CUDA)
+    peak: Tensor  # the samples' largest magnitude (NaN if any is NaN), beside them on the host
     done: Any  # torch.cuda.Event recorded after the copy; None where the work is synchronous
     clock: _StageClock
 
@@ -455,14 +464,19 @@ class Engine:
         if ref.rms < req.target_rms:
             wave = wave * (ref.rms / req.target_rms)
         clock.mark()
+        # The guard's one number, reduced where the samples are: on the host the check took
+        # two passes and two temporaries over the whole waveform, inside every request's time.
+        peak = _peak(wave)
         if self.device.type != "cuda":
-            return _Pending(chunk, dit, wave, None, clock)
+            return _Pending(chunk, dit, wave, peak, None, clock)
         # Into page-locked memory, asynchronously: a copy to pageable memory waits for the GPU.
         host = torch.empty(wave.shape, dtype=wave.dtype, pin_memory=True)
         host.copy_(wave, non_blocking=True)
+        host_peak = torch.empty((), dtype=peak.dtype, pin_memory=True)
+        host_peak.copy_(peak, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        return _Pending(chunk, dit, host, done, clock)
+        return _Pending(chunk, dit, host, host_peak, done, clock)
 
     @staticmethod
     def _collect(pending: _Pending, timings: dict[str, float]) -> np.ndarray:
@@ -487,8 +501,17 @@ class Engine:
                 self.vocoder(torch.zeros(1, N_MELS, frames, device=self.device))
 
     @staticmethod
-    def _bad(samples: np.ndarray) -> bool:
-        return not np.all(np.isfinite(samples)) or len(samples) == 0 or float(np.max(np.abs(samples))) < _SILENT_PEAK
+    def _bad_peak(count: int, peak: float) -> bool:
+        """Whether ``count`` samples whose largest magnitude is ``peak`` are broken output:
+        none, silent, or not finite (a NaN peak fails both comparisons)."""
+        return count == 0 or not _SILENT_PEAK <= peak < math.inf
+
+    @classmethod
+    def _bad(cls, samples: np.ndarray) -> bool:
+        if len(samples) == 0:
+            return True
+        # max/min propagate NaN and need no temporaries, unlike abs().
+        return cls._bad_peak(len(samples), max(float(samples.max()), -float(samples.min())))
 
     def synthesize(
         self,
@@ -561,7 +584,7 @@ class Engine:
         def settle(pending: _Pending) -> None:
             nonlocal dit, fell_back
             samples = self._collect(pending, timings)
-            if pending.dit is not self._fp32_dit and self._bad(samples):
+            if pending.dit is not self._fp32_dit and self._bad_peak(len(samples), float(pending.peak)):
                 log.warning(
                     "half-precision output was non-finite or silent; redoing in fp32",
                     extra={"precision": self.precision, "text_len": pending.chunk.text_len, "nfe": req.nfe},

@@ -217,13 +217,16 @@ class CrossFader:
     _held: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     _out: list[np.ndarray] = field(default_factory=list)
     _started: bool = False
+    _only: np.ndarray | None = None  # the first chunk's samples, while it is the only one
 
     def push(self, wave: np.ndarray) -> None:
         wave = np.asarray(wave, dtype=np.float32).reshape(-1)
         if not self._started:
             pending = wave
             self._started = True
+            self._only = wave
         else:
+            self._only = None
             n = min(self.fade_samples, len(self._held), len(wave))
             if n > 0:
                 fade_out = np.linspace(1.0, 0.0, n, dtype=np.float32)
@@ -238,6 +241,9 @@ class CrossFader:
     def finish(self) -> np.ndarray:
         self._send(self._held)
         self._held = np.zeros(0, dtype=np.float32)
+        if self._only is not None:
+            # One chunk: what was sent is its samples, whole; spare a copy of the waveform.
+            return np.ascontiguousarray(self._only)
         if not self._out:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(self._out)

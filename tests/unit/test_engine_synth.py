@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ishowttsd.engine.f5 import Cancelled, Engine, EngineError
+from ishowttsd.engine.f5 import Cancelled, Engine, EngineError, _peak
 from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
 
 LONG = (
@@ -324,3 +324,24 @@ def test_overlapped_guard_redoes_each_bad_chunk_in_fp32() -> None:
     out = _drive(engine.synthesis_steps(voice, _req(LONG + " " + LONG)), [])
     assert out.fp32_fallback and out.chunks >= 3
     assert np.all(np.isfinite(out.audio)) and np.abs(out.audio).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("samples", "bad"),
+    [
+        ([0.1, -0.5, 0.2], False),
+        ([0.1, float("nan"), 0.2], True),
+        ([float("nan")] * 3, True),
+        ([0.1, float("-inf")], True),
+        ([0.0, 0.0, 0.0], True),
+        ([0.0, -5e-5, 0.0], True),
+        ([], True),
+    ],
+)
+def test_guard_judges_samples_on_the_host_and_on_the_device_alike(samples: list[float], bad: bool) -> None:
+    """The guard reads one reduction (``f5._peak``, which :meth:`Engine._launch` computes beside
+    the samples) or, on the host, max and min: both must call the same output bad."""
+    x = np.asarray(samples, dtype=np.float32)
+    assert Engine._bad(x) is bad
+    peak = float(_peak(torch.from_numpy(x)))
+    assert Engine._bad_peak(len(x), peak) is bad

@@ -180,3 +180,21 @@ def test_crossfader_holds_back_only_the_fade_tail() -> None:
     fader.push(np.ones(1000, dtype=np.float32))
     assert sum(len(p) for p in pieces) == 1800
     assert len(fader.finish()) == 1900
+
+
+@pytest.mark.parametrize("emit", [False, True])
+def test_crossfader_returns_a_lone_chunk_without_copying_it(emit: bool) -> None:
+    """Most requests are one chunk: its samples are the result as they are (a copy of the whole
+    waveform was on every request's path); what was streamed still adds up to them."""
+    wave = np.random.default_rng(1).standard_normal(5000).astype(np.float32)
+    pieces: list[np.ndarray] = []
+    fader = T.CrossFader(100, pieces.append if emit else None)
+    fader.push(wave)
+    audio = fader.finish()
+    assert np.shares_memory(audio, wave) and np.array_equal(audio, wave)
+    if emit:
+        assert np.array_equal(np.concatenate(pieces), wave)
+    fader = T.CrossFader(100)
+    fader.push(wave)
+    fader.push(wave[:300])
+    assert not np.shares_memory(fader.finish(), wave)  # two chunks: the faded join is new
