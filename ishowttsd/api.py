@@ -347,7 +347,7 @@ async def _send(request: web.Request, response: web.StreamResponse) -> web.Strea
     return response
 
 
-async def _encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+async def _encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes | bytearray:
     """WAV and raw PCM take a fraction of a millisecond (a conversion and a header): encoded on
     the event loop, since a hop to a thread cost more than the work (0.5 ms of a 1.2 ms encode).
     Compressed formats take longer and go to a thread."""

@@ -30,26 +30,55 @@ def content_type(fmt: str) -> str:
     return FORMATS[fmt][2]
 
 
-def to_int16(audio: np.ndarray) -> np.ndarray:
+def to_int16(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Float samples to 16-bit PCM: clipped to [-1, 1], rounded, NaN as silence.
 
-    In place on one float32 copy: about 0.2 ms for ten seconds of audio, a third of what
-    ``nan_to_num`` + ``clip`` + ``rint`` with temporaries took (it is on every request's path).
+    One float32 temporary, converted in place and then cast into ``out`` (the body of a
+    response, where given) or a new array.  It is on every request's path: with the waveform
+    fresh from the GPU (not in the CPU's caches) the former version, which also made a mask,
+    took 0.66 ms for ten seconds of audio (bench/NOTES.md item 40).
     """
-    x = np.clip(audio, -1.0, 1.0, dtype=np.float32)  # NaN stays NaN, +-inf become +-1
-    x *= 32767.0
+    x = np.multiply(audio, np.float32(32767.0), dtype=np.float32)
+    np.clip(x, -32767.0, 32767.0, out=x)  # NaN stays NaN, +-inf become +-32767
     np.rint(x, out=x)
-    x[np.isnan(x)] = 0.0
-    return x.astype("<i2")
+    if np.isnan(x.max(initial=0.0)):  # a reduction without a temporary finds any NaN
+        x[np.isnan(x)] = 0.0
+    if out is None:
+        return x.astype("<i2")
+    np.copyto(out, x, casting="unsafe")
+    return out
 
 
-def to_pcm16(audio: np.ndarray) -> bytes:
-    return to_int16(audio).tobytes()
+def to_pcm16(audio: np.ndarray) -> bytearray:
+    body = bytearray(2 * len(audio))
+    to_int16(audio, np.frombuffer(body, dtype="<i2"))
+    return body
 
 
-def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
+    """A 44-byte header of 16-bit mono PCM; 0xFFFFFFFF sizes for a stream of unknown length."""
+    riff = min(36 + data_bytes, 0xFFFFFFFF)
+    return (
+        b"RIFF" + struct.pack("<I", riff) + b"WAVE"
+        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data" + struct.pack("<I", data_bytes)
+    )
+
+
+def _wav(audio: np.ndarray, sample_rate: int) -> bytearray:
+    """A WAV file written straight into the response body: the header, then the samples
+    converted in place (libsndfile wrote through a BytesIO, then copied it out: 0.5 ms more)."""
+    body = bytearray(44 + 2 * len(audio))
+    body[:44] = _wav_header(sample_rate, 2 * len(audio))
+    to_int16(audio, np.frombuffer(body, dtype="<i2", offset=44))
+    return body
+
+
+def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes | bytearray:
     if fmt == "pcm":
         return to_pcm16(audio)
+    if fmt == "wav":
+        return _wav(audio, sample_rate)
     major, subtype, _ = FORMATS[fmt]
     buf = io.BytesIO()
     data: np.ndarray
@@ -65,15 +94,10 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
 
 def streaming_wav_header(sample_rate: int) -> bytes:
     """A 16-bit mono WAV header whose sizes say "unknown length", as streaming servers do."""
-    unknown = 0xFFFFFFFF
-    return (
-        b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data" + struct.pack("<I", unknown)
-    )
+    return _wav_header(sample_rate, 0xFFFFFFFF)
 
 
-def stream_piece(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+def stream_piece(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes | bytearray:
     """Bytes for one streamed piece (the header, if any, is sent separately)."""
     if fmt in ("wav", "pcm"):
         return to_pcm16(audio)
