@@ -44,7 +44,9 @@ def test_bench_tiny_cpu(tmp_path: Path) -> None:
     assert steps[0][1] == "starting" and steps[-1][1] == "ready"
     assert any(what.startswith("warming up") for _, what in steps)
     times = [at for at, _ in steps]
-    assert times == sorted(times) and 0 < times[-1] <= daemon["cold_start_empty_cache_s"]
+    # The timeline is rounded to 10 ms and read off the log lines' wall-clock stamps, the start
+    # time off the monotonic clock when /readyz first answered: allow the rounding (a flake seen).
+    assert times == sorted(times) and 0 < times[-1] <= daemon["cold_start_empty_cache_s"] + 0.011
     # the timed WAV request's own log line, found by its request id
     side = daemon["wav_server_side"]
     assert side["requests"] == 1 and 0 < side["engine_total_s"] < daemon["wav"]["median"]
