@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Where an HTTP request's time goes outside the engine (issue 8 diagnostics).
+
+Starts a daemon as ``rtf.py`` does, with ``bench/http_stage_shim`` on its ``PYTHONPATH``: that
+shim records when each stage of a request begins (bytes arrive, handler, queued, the worker's
+turns, encode, send, a stream's first chunk handed over and written).  The client (aiohttp, as
+``rtf.py``'s) marks when it posts, gets the headers and the first and last bytes.  Both use the
+same monotonic clock, so each stage is printed as the median milliseconds since the post, for
+whole WAV responses and for streams.
+
+Usage: python3 bench/diag_http_stages.py [--gpu] [--n 20] [--json out.json]
+(without --gpu: the tiny model on the CPU, whose engine times mean nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import rtf  # noqa: E402  (bench/ is on sys.path when run as python3 bench/x.py)
+
+Sample = tuple[float, float, float, float, int]  # post, headers, first byte, last byte, bytes
+
+
+async def _requests(url: str, text: str, n: int) -> dict[str, list[Sample]]:
+    import aiohttp
+
+    out: dict[str, list[Sample]] = {"wav": [], "stream": []}
+    async with aiohttp.ClientSession() as session:
+        for kind in out:
+            for i in range(n + 3):  # three warm-ups: a stream's first chunk is a length of its own
+                body = {"input": text, "voice": "default", "response_format": "wav" if kind == "wav" else "pcm",
+                        "stream": kind == "stream", "nfe": 7, "seed": rtf.SEED}
+                t0 = time.perf_counter()
+                first, size = 0.0, 0
+                async with session.post(url + "/v1/audio/speech", json=body) as r:
+                    headers = time.perf_counter()
+                    async for piece in r.content.iter_any():
+                        first = first or time.perf_counter()
+                        size += len(piece)
+                if i >= 3:
+                    out[kind].append((t0, headers, first, time.perf_counter(), size))
+                await asyncio.sleep(0.03)
+    return out
+
+
+def _stages(samples: list[Sample], marks: list[list[Any]]) -> dict[str, float]:
+    rows = []
+    for t0, headers, first, end, _ in samples:
+        row: dict[str, float] = {}
+        for what, at, _thread in marks:
+            if t0 <= at <= end + 0.005:
+                row.setdefault(what, (at - t0) * 1e3)
+        row.update(client_headers=(headers - t0) * 1e3, client_first_byte=(first - t0) * 1e3,
+                   client_last_byte=(end - t0) * 1e3)
+        rows.append(row)
+    names = {k for row in rows for k in row}
+    medians = {k: statistics.median([row[k] for row in rows if k in row]) for k in names}
+    return dict(sorted(medians.items(), key=lambda kv: kv[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gpu", action="store_true", help="the full model on CUDA, compiled and graphed")
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ishowttsd-stages-"))
+    port = rtf.free_port()
+    args = argparse.Namespace(arch="F5TTS_v1_Base" if a.gpu else "tiny", device="cuda" if a.gpu else "cpu",
+                              precision="auto")
+    cfg = rtf.write_config(work, port, args, a.gpu, a.gpu)
+    trace = work / "marks.json"
+    shim = str(HERE / "http_stage_shim")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")])),
+               TRACE_OUT=str(trace))
+    with (work / "daemon.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ishowttsd", "--config", str(cfg)], env=env,
+                                cwd=str(HERE.parent), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise SystemExit(f"daemon did not get ready; see {work / 'daemon.log'}") from None
+                time.sleep(0.1)
+        samples = asyncio.run(_requests(url, rtf.TEXT if a.gpu else rtf.TINY_TEXT, a.n))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    marks = json.loads(trace.read_text())
+    report = {kind: _stages(s, marks) for kind, s in samples.items()}
+    for kind, stages in report.items():
+        print(f"DIAG {kind} ({len(samples[kind])} requests, {samples[kind][-1][4]} bytes): "
+              "median ms since the client's post")
+        for name, ms in stages.items():
+            print(f"DIAG   {name:<18} {ms:8.3f}")
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

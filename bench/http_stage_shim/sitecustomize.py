@@ -1,0 +1,90 @@
+"""Loaded by ``bench/diag_http_stages.py`` into the daemon it starts (``PYTHONPATH``): wraps the
+request path's functions to record when each stage of a request begins, and writes the marks
+to ``$TRACE_OUT`` as JSON at exit.  A diagnostic only; the daemon never imports this itself."""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import json
+import os
+import threading
+import time
+from typing import Any
+
+_MARKS: list[tuple[str, float, str]] = []
+
+
+def _mark(what: str) -> None:
+    _MARKS.append((what, time.perf_counter(), threading.current_thread().name))
+
+
+def _wrap(owner: Any, name: str, before: str | None = None, after: str | None = None) -> None:
+    orig = getattr(owner, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if before:
+            _mark(before)
+        out = orig(*args, **kwargs)
+        if after:
+            _mark(after)
+        return out
+
+    setattr(owner, name, wrapped)
+
+
+def _wrap_async(owner: Any, name: str, before: str, after: str) -> None:
+    orig = getattr(owner, name)
+
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        _mark(before)
+        out = await orig(*args, **kwargs)
+        _mark(after)
+        return out
+
+    setattr(owner, name, wrapped)
+
+
+def _patch() -> None:
+    import aiohttp.web_protocol as web_protocol
+
+    import ishowttsd.api as api
+    import ishowttsd.worker as worker
+
+    _wrap(web_protocol.RequestHandler, "data_received", before="data_received")
+    _wrap_async(api, "speech", "handler", "handler_end")  # create_app looks it up when called
+    _wrap(worker.Worker, "_enqueue", after="enqueued")
+    _wrap(worker.Worker, "_advance", before="advance_in")
+    _wrap_async(api, "_encode", "encode_start", "encoded")
+    _wrap_async(api, "_send", "send_start", "send_end")
+    _wrap(api.ChunkRelay, "push", before="push")
+    _wrap(api.ChunkRelay, "first_sent", before="first_sent")
+    _wrap(api.audio_format, "stream_piece", before="piece_encode")
+    orig_advance = worker.Worker._advance
+
+    def advance(self: Any, job: Any, steps: Any) -> bool:
+        ended = orig_advance(self, job, steps)
+        _mark("job_done" if ended else "job_yield")
+        return bool(ended)
+
+    worker.Worker._advance = advance  # type: ignore[method-assign]
+
+
+def _dump() -> None:
+    with open(os.environ["TRACE_OUT"], "w") as f:
+        json.dump(_MARKS, f)
+
+
+if os.environ.get("TRACE_OUT"):
+    atexit.register(_dump)
+    _import = builtins.__import__
+    _patched: list[bool] = []
+
+    def _hook(name: str, *args: Any, **kwargs: Any) -> Any:
+        module = _import(name, *args, **kwargs)
+        if name == "ishowttsd.daemon" and not _patched:
+            _patched.append(True)
+            _patch()
+        return module
+
+    builtins.__import__ = _hook
