@@ -9,8 +9,8 @@ vocab and vocoder are local paths, or built in-process with seeded random weight
 from __future__ import annotations
 
 import itertools
-import math
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
