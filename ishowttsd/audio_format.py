@@ -36,7 +36,7 @@ def to_int16(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     One float32 temporary, converted in place and then cast into ``out`` (the body of a
     response, where given) or a new array.  It is on every request's path: with the waveform
     fresh from the GPU (not in the CPU's caches) the former version, which also made a mask,
-    took 0.66 ms for ten seconds of audio (bench/NOTES.md item 40).
+    took 0.66 ms for ten seconds of audio on the dev box (bench/NOTES.md item 40).
     """
     x = np.multiply(audio, np.float32(32767.0), dtype=np.float32)
     np.clip(x, -32767.0, 32767.0, out=x)  # NaN stays NaN, +-inf become +-32767
