@@ -38,6 +38,7 @@ AB = {
     "flash": ("FlashAttention with key counts (undone: cuDNN over the key column)", {"attention": "column"}),
     "gelu-epilogue": ("bias + GELU in the matmul epilogue (undone: inductor's kernel)", {"gelu_epilogue": False}),
     "qkv-epilogue": ("q/k/v bias + rotation in QuACK's GEMM epilogue (undone: cuBLAS + rotate_qk)", {}),
+    "text-compile": ("the text embedding compiled (undone: eager kernels in its graph)", {}),
     "length-only-dynamic": ("only the length symbolic (undone: torch.compile(dynamic=True), every dim)", {}),
     # Not an undo but a trial: the B side compiles with inductor's Triton GEMM templates, which
     # can fuse the residual adds and gates into the matmuls' epilogues.
@@ -53,9 +54,11 @@ def recompile(solver: accel.FastSolver, **options: Any) -> None:
         embed=torch.compile(accel._embed_input, **options),
         block=torch.compile(accel._block, **options),
         finish=torch.compile(accel._finish, **options),
+        text=torch.compile(accel.masked_text_embedding, **options),
         dynamic=True,
     )
     solver.step = functools.partial(accel.masked_step, solver.regions)
+    solver.text = functools.partial(accel.text_embedding, solver.regions)
 
 
 def main() -> None:
@@ -129,6 +132,9 @@ def main() -> None:
             other.weights = other.weights._replace(**AB[name][1])
             if name == "qkv-epilogue":
                 other.weights = accel.fast_weights(eng.dit, qkv_epilogue=False)
+            if name == "text-compile":
+                other.regions = other.regions._replace(text=accel.masked_text_embedding)
+                other.text = functools.partial(accel.text_embedding, other.regions)
             if name == "length-only-dynamic":
                 torch._dynamo.reset()  # a fresh trace, as a restart would do
                 recompile(other, dynamic=True)

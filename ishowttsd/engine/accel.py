@@ -28,7 +28,7 @@ modulations and step size into the graph's static inputs (two small device copie
 Warm-up captures a few dozen shapes, all sharing one memory pool.  The vocoder runs outside
 the graphs at the exact frame count (engine/f5.py).
 
-Compile: three regions (:class:`Regions`), the block region shared by all blocks, with the
+Compile: four regions (:class:`Regions`), the block region shared by all blocks, with the
 length dynamic.  Inductor's FX-graph cache and Triton's kernel cache live under
 ``<cache_dir>/inductor`` and ``<cache_dir>/triton`` when a cache dir is given, so a restart
 reuses the kernels.  bench/NOTES.md records what each choice measured.
@@ -63,6 +63,7 @@ _FRAMES_PER_SECOND = 24000 / 256
 
 DiTModule = Any
 StepFn = Callable[..., Tensor]
+TextFn = Callable[[Any, Tensor, Tensor, bool], Tensor]  # (text_embed, tokens, real, guided)
 # How attention leaves out the padded keys, fastest first (see the module docstring).
 Attention = Literal["flash", "column", "mask"]
 # Their names in the config ([model] attention) and in what the engine reports.
@@ -486,7 +487,8 @@ def _finish(
 
 
 class Regions(NamedTuple):
-    """The three pieces a step is made of, each compiled on its own ("regional" compilation).
+    """The three pieces a step is made of, and the request's text embedding, each compiled on
+    its own ("regional" compilation).
 
     One compiled block serves all 22 blocks (their parameters are inputs of the compiled
     graph, not constants), so dynamo traces one block instead of the whole step: a restart
@@ -497,10 +499,10 @@ class Regions(NamedTuple):
     embed: Callable[..., tuple[Tensor, Tensor]]  # (h, the first block's norm of it)
     block: Callable[..., tuple[Tensor, Tensor]]  # (h, the following norm of it)
     finish: Callable[..., Tensor]
+    # masked_text_embedding, once per request: eager it was 86 small kernels, a third of its
+    # time idle between them (bench/NOTES.md item 41)
+    text: TextFn
     dynamic: bool  # mark the length dimension dynamic before the first compile
-
-
-EAGER = Regions(_embed_input, _block, _finish, dynamic=False)
 
 
 def compiled_regions(dynamic: bool, backend: str = "inductor") -> Regions:
@@ -528,6 +530,7 @@ def compiled_regions(dynamic: bool, backend: str = "inductor") -> Regions:
         embed=torch.compile(_embed_input, dynamic=mode, backend=backend),
         block=torch.compile(_block, dynamic=mode, backend=backend),
         finish=torch.compile(_finish, dynamic=mode, backend=backend),
+        text=torch.compile(masked_text_embedding, dynamic=mode, backend=backend),
         dynamic=dynamic,
     )
 
@@ -628,6 +631,17 @@ def masked_text_embedding(text_embed: Any, tokens: Tensor, real: Tensor, guided:
     return x
 
 
+EAGER = Regions(_embed_input, _block, _finish, masked_text_embedding, dynamic=False)
+
+
+def text_embedding(regions: Regions, text_embed: Any, tokens: Tensor, real: Tensor, guided: bool) -> Tensor:
+    """:func:`masked_text_embedding` through ``regions`` (its length marked dynamic, as
+    :func:`masked_step` marks the step's)."""
+    if regions.dynamic:
+        _mark_length(tokens, real)
+    return regions.text(text_embed, tokens, real, guided)
+
+
 class BatchItem(NamedTuple):
     """One request of a batched solve."""
 
@@ -686,11 +700,11 @@ class _Bucket:
         self.x[row, n:].zero_()
         self.x[row, :n].copy_(item.noise[0])
 
-    def embed(self) -> None:
+    def embed(self, text: TextFn) -> None:
         # Without cuDNN: its depthwise-conv plans are built per shape, ~0.2 s for each bucket's
         # capture (a restart captures 27), for a conv that takes microseconds either way.
         with torch.backends.cudnn.flags(enabled=False):
-            emb = masked_text_embedding(self.dit.text_embed, self.tokens, self.real, self.guided)
+            emb = text(self.dit.text_embed, self.tokens, self.real, self.guided)
         self.text.copy_(emb)
 
     def step(self, step: StepFn) -> None:
@@ -708,27 +722,27 @@ class _Bucket:
         )
         self.x.copy_(step(*args))
 
-    def capture(self, step: StepFn, pool: Any, device: torch.device, warmups: int) -> None:
+    def capture(self, step: StepFn, text: TextFn, pool: Any, device: torch.device, warmups: int) -> None:
         # Warm up on a side stream (compiles this shape, loads kernels, creates cuBLAS handles)
         # before capture, as torch.cuda.graphs' docs require.
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(warmups):
-                self.embed()
+                self.embed(text)
                 self.step(step)
         torch.cuda.current_stream(device).wait_stream(side)
         self.embed_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.embed_graph, pool=pool):
-            self.embed()
+            self.embed(text)
         self.step_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.step_graph, pool=pool):
             self.step(step)
 
-    def run(self, step: StepFn, mods: Tensor, dt: Tensor) -> None:
+    def run(self, step: StepFn, text: TextFn, mods: Tensor, dt: Tensor) -> None:
         """Text embedding then the Euler steps, replayed where captured."""
         if self.embed_graph is None:
-            self.embed()
+            self.embed(text)
         else:
             self.embed_graph.replay()
         for i in range(dt.shape[0]):
@@ -771,6 +785,7 @@ class FastSolver:
         self.graphs_enabled = graphs and device.type == "cuda"
         self.regions = compiled_regions(dynamic, backend) if compile else EAGER
         self.step: StepFn = functools.partial(masked_step, self.regions)
+        self.text: TextFn = functools.partial(text_embedding, self.regions)
         self.weights = fast_weights(dit, attention)
         self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
         self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
@@ -797,7 +812,7 @@ class FastSolver:
                 # The first capture also compiles and initialises cuBLAS/cuDNN: warm it up
                 # a few times; later buckets reuse all that and need one run.
                 warmups = 1 if self.graph_count else 3
-                found.capture(self.step, self._pool, self.device, warmups)
+                found.capture(self.step, self.text, self._pool, self.device, warmups)
                 self.capture_s += time.perf_counter() - t0
                 log.debug("captured bucket graphs", extra={"frames": frames, "rows": rows, "guided": guided})
             self._buckets[key] = found
@@ -859,7 +874,7 @@ class FastSolver:
         for row, item in enumerate(items):
             b.load(row, item)
         b.cfg.fill_(cfg_strength)
-        b.run(self.step, *self._schedule(nfe, sway))
+        b.run(self.step, self.text, *self._schedule(nfe, sway))
         out = []
         for row, item in enumerate(items):
             ref = item.ref_mel.shape[1]
