@@ -47,7 +47,7 @@ AB = {
 
 
 def recompile(solver: accel.FastSolver, **options: Any) -> None:
-    """The solver's three regions compiled again with other ``torch.compile`` options: before
+    """The solver's regions compiled again with other ``torch.compile`` options: before
     bench/NOTES.md item 25 every dimension was symbolic (``dynamic=True``); item 33 tried
     ``mode="max-autotune-no-cudagraphs"`` (Triton GEMM templates beside cuBLAS's)."""
     solver.regions = accel.Regions(

@@ -128,7 +128,7 @@ def test_cuda_graphs_match_eager(torch_cuda: Any) -> None:
 
 
 def test_compiled_fast_path_matches_eager(torch_cuda: Any) -> None:
-    """torch.compile (three regions, dynamic length) + graphs gives eager's audio, and a batch of
+    """torch.compile (four regions, dynamic length) + graphs gives eager's audio, and a batch of
     two requests of one bucket gives each request's solo result."""
     from ishowttsd.engine import accel, sampler
     from ishowttsd.engine.spec import VoiceSpec
