@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import concurrent.futures
 import json
 import os
 import threading
@@ -64,10 +65,14 @@ def _patch() -> None:
 
     def advance(self: Any, job: Any, steps: Any) -> bool:
         ended = orig_advance(self, job, steps)
-        _mark("job_done" if ended else "job_yield")
+        if not ended:
+            _mark("job_yield")  # the host has queued the job's work and waits for the GPU
         return bool(ended)
 
     worker.Worker._advance = advance  # type: ignore[method-assign]
+    # The job's end as the event loop learns it: marked before the future wakes the loop (after
+    # _advance returns, the loop may already be encoding).
+    _wrap(concurrent.futures.Future, "set_result", before="job_done")
 
 
 def _dump() -> None:

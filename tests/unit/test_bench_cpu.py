@@ -52,3 +52,29 @@ def test_bench_tiny_cpu(tmp_path: Path) -> None:
     assert side["requests"] == 1 and 0 < side["engine_total_s"] < daemon["wav"]["median"]
     table = (out / "table.md").read_text()
     assert "stock infer_process" in table and "HTTP e2e" in table
+
+
+def test_http_stage_diagnostic_marks_every_stage_on_the_cpu(tmp_path: Path) -> None:
+    """``bench/diag_http_stages.py`` wraps the daemon's request path by name from a shim; if a
+    wrapped function is renamed or no longer called, its stage goes missing.  On the CPU with
+    the tiny model: every stage is marked, in the order a request passes them."""
+    out = tmp_path / "stages.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    cmd = [sys.executable, str(REPO / "bench" / "diag_http_stages.py"), "--n", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # The daemon's own marks in the order a request passes them; the client's bytes come after
+    # the daemon starts sending (not necessarily after its write returns).
+    order = {
+        "wav": ["data_received", "handler", "enqueued", "advance_in", "job_done", "encode_start", "encoded",
+                "send_start", "send_end"],
+        "stream": ["data_received", "handler", "enqueued", "advance_in", "push", "piece_encode", "first_sent"],
+    }
+    for kind, stages in order.items():
+        assert set(stages) <= set(report[kind]), (kind, sorted(report[kind]))
+        times = [report[kind][name] for name in stages]
+        assert times == sorted(times), (kind, dict(zip(stages, times, strict=True)))
+    assert report["wav"]["client_last_byte"] > report["wav"]["send_start"]
+    assert report["stream"]["client_first_byte"] > report["stream"]["piece_encode"]
