@@ -58,7 +58,7 @@ def recompile(solver: accel.FastSolver, **options: Any) -> None:
         dynamic=True,
     )
     solver.step = functools.partial(accel.masked_step, solver.regions)
-    solver.text = functools.partial(accel.text_embedding, solver.regions)
+    solver.embed_text = functools.partial(accel.text_embedding, solver.regions)
 
 
 def main() -> None:
@@ -134,7 +134,7 @@ def main() -> None:
                 other.weights = accel.fast_weights(eng.dit, qkv_epilogue=False)
             if name == "text-compile":
                 other.regions = other.regions._replace(text=accel.masked_text_embedding)
-                other.text = functools.partial(accel.text_embedding, other.regions)
+                other.embed_text = functools.partial(accel.text_embedding, other.regions)
             if name == "length-only-dynamic":
                 torch._dynamo.reset()  # a fresh trace, as a restart would do
                 recompile(other, dynamic=True)

@@ -700,11 +700,11 @@ class _Bucket:
         self.x[row, n:].zero_()
         self.x[row, :n].copy_(item.noise[0])
 
-    def embed(self, text: TextFn) -> None:
+    def embed(self, embed_text: TextFn) -> None:
         # Without cuDNN: its depthwise-conv plans are built per shape, ~0.2 s for each bucket's
         # capture (a restart captures 27), for a conv that takes microseconds either way.
         with torch.backends.cudnn.flags(enabled=False):
-            emb = text(self.dit.text_embed, self.tokens, self.real, self.guided)
+            emb = embed_text(self.dit.text_embed, self.tokens, self.real, self.guided)
         self.text.copy_(emb)
 
     def step(self, step: StepFn) -> None:
@@ -722,27 +722,27 @@ class _Bucket:
         )
         self.x.copy_(step(*args))
 
-    def capture(self, step: StepFn, text: TextFn, pool: Any, device: torch.device, warmups: int) -> None:
+    def capture(self, step: StepFn, embed_text: TextFn, pool: Any, device: torch.device, warmups: int) -> None:
         # Warm up on a side stream (compiles this shape, loads kernels, creates cuBLAS handles)
         # before capture, as torch.cuda.graphs' docs require.
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(warmups):
-                self.embed(text)
+                self.embed(embed_text)
                 self.step(step)
         torch.cuda.current_stream(device).wait_stream(side)
         self.embed_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.embed_graph, pool=pool):
-            self.embed(text)
+            self.embed(embed_text)
         self.step_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.step_graph, pool=pool):
             self.step(step)
 
-    def run(self, step: StepFn, text: TextFn, mods: Tensor, dt: Tensor) -> None:
+    def run(self, step: StepFn, embed_text: TextFn, mods: Tensor, dt: Tensor) -> None:
         """Text embedding then the Euler steps, replayed where captured."""
         if self.embed_graph is None:
-            self.embed(text)
+            self.embed(embed_text)
         else:
             self.embed_graph.replay()
         for i in range(dt.shape[0]):
@@ -785,7 +785,7 @@ class FastSolver:
         self.graphs_enabled = graphs and device.type == "cuda"
         self.regions = compiled_regions(dynamic, backend) if compile else EAGER
         self.step: StepFn = functools.partial(masked_step, self.regions)
-        self.text: TextFn = functools.partial(text_embedding, self.regions)
+        self.embed_text: TextFn = functools.partial(text_embedding, self.regions)
         self.weights = fast_weights(dit, attention)
         self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
         self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
@@ -812,7 +812,7 @@ class FastSolver:
                 # The first capture also compiles and initialises cuBLAS/cuDNN: warm it up
                 # a few times; later buckets reuse all that and need one run.
                 warmups = 1 if self.graph_count else 3
-                found.capture(self.step, self.text, self._pool, self.device, warmups)
+                found.capture(self.step, self.embed_text, self._pool, self.device, warmups)
                 self.capture_s += time.perf_counter() - t0
                 log.debug("captured bucket graphs", extra={"frames": frames, "rows": rows, "guided": guided})
             self._buckets[key] = found
@@ -874,7 +874,7 @@ class FastSolver:
         for row, item in enumerate(items):
             b.load(row, item)
         b.cfg.fill_(cfg_strength)
-        b.run(self.step, self.text, *self._schedule(nfe, sway))
+        b.run(self.step, self.embed_text, *self._schedule(nfe, sway))
         out = []
         for row, item in enumerate(items):
             ref = item.ref_mel.shape[1]
