@@ -49,10 +49,17 @@ def to_int16(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def to_pcm16(audio: np.ndarray) -> bytearray:
-    body = bytearray(2 * len(audio))
-    to_int16(audio, np.frombuffer(body, dtype="<i2"))
+def _pcm_body(audio: np.ndarray, header: bytes = b"") -> bytearray:
+    """``header`` then the 16-bit samples, converted in place into the one buffer that is sent
+    (libsndfile wrote WAV through a BytesIO, then copied it out: 0.5 ms more)."""
+    body = bytearray(len(header) + 2 * len(audio))
+    body[: len(header)] = header
+    to_int16(audio, np.frombuffer(body, dtype="<i2", offset=len(header)))
     return body
+
+
+def to_pcm16(audio: np.ndarray) -> bytearray:
+    return _pcm_body(audio)
 
 
 def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
@@ -65,20 +72,11 @@ def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
     )
 
 
-def _wav(audio: np.ndarray, sample_rate: int) -> bytearray:
-    """A WAV file written straight into the response body: the header, then the samples
-    converted in place (libsndfile wrote through a BytesIO, then copied it out: 0.5 ms more)."""
-    body = bytearray(44 + 2 * len(audio))
-    body[:44] = _wav_header(sample_rate, 2 * len(audio))
-    to_int16(audio, np.frombuffer(body, dtype="<i2", offset=44))
-    return body
-
-
 def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes | bytearray:
     if fmt == "pcm":
         return to_pcm16(audio)
     if fmt == "wav":
-        return _wav(audio, sample_rate)
+        return _pcm_body(audio, _wav_header(sample_rate, 2 * len(audio)))
     major, subtype, _ = FORMATS[fmt]
     buf = io.BytesIO()
     data: np.ndarray
