@@ -9,7 +9,10 @@ same monotonic clock, so each stage is printed as the median milliseconds since 
 whole WAV responses and for streams.
 
 Usage: python3 bench/diag_http_stages.py [--gpu] [--n 20] [--json out.json]
-(without --gpu: the tiny model on the CPU, whose engine times mean nothing)
+                                        [--ab NAME=VALUE[,...] --rounds R]
+(without --gpu: the tiny model on the CPU, whose engine times mean nothing).  ``--ab`` runs the
+daemon alternately plain and with the shim's variables set (``SHIM_UVLOOP=1``: the event loop
+on uvloop; ``SHIM_SWITCH_INTERVAL=S``: the GIL's switch interval), one compile cache for all.
 """
 
 from __future__ import annotations
@@ -73,21 +76,18 @@ def _stages(samples: list[Sample], marks: list[list[Any]]) -> dict[str, float]:
     return dict(sorted(medians.items(), key=lambda kv: kv[1]))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--gpu", action="store_true", help="the full model on CUDA, compiled and graphed")
-    ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ishowttsd-stages-"))
+def _run_daemon(work: Path, gpu: bool, n: int, extra_env: dict[str, str]) -> tuple[dict[str, list[Sample]], Any]:
+    """One daemon with the shim (and ``extra_env``): its requests' client samples and the marks.
+    Daemons started in the same ``work`` share its compile cache."""
     port = rtf.free_port()
-    args = argparse.Namespace(arch="F5TTS_v1_Base" if a.gpu else "tiny", device="cuda" if a.gpu else "cpu",
+    args = argparse.Namespace(arch="F5TTS_v1_Base" if gpu else "tiny", device="cuda" if gpu else "cpu",
                               precision="auto")
-    cfg = rtf.write_config(work, port, args, a.gpu, a.gpu)
+    cfg = rtf.write_config(work, port, args, gpu, gpu)
     trace = work / "marks.json"
+    trace.unlink(missing_ok=True)
     shim = str(HERE / "http_stage_shim")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")])),
-               TRACE_OUT=str(trace))
+               TRACE_OUT=str(trace), **extra_env)
     with (work / "daemon.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "ishowttsd", "--config", str(cfg)], env=env,
                                 cwd=str(HERE.parent), stdout=log, stderr=subprocess.STDOUT)
@@ -103,17 +103,43 @@ def main() -> None:
                 if proc.poll() is not None or time.time() > deadline:
                     raise SystemExit(f"daemon did not get ready; see {work / 'daemon.log'}") from None
                 time.sleep(0.1)
-        samples = asyncio.run(_requests(url, rtf.TEXT if a.gpu else rtf.TINY_TEXT, a.n))
+        samples = asyncio.run(_requests(url, rtf.TEXT if gpu else rtf.TINY_TEXT, n))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    marks = json.loads(trace.read_text())
-    report = {kind: _stages(s, marks) for kind, s in samples.items()}
-    for kind, stages in report.items():
-        print(f"DIAG {kind} ({len(samples[kind])} requests, {samples[kind][-1][4]} bytes): "
-              "median ms since the client's post")
-        for name, ms in stages.items():
-            print(f"DIAG   {name:<18} {ms:8.3f}")
+    return samples, json.loads(trace.read_text())
+
+
+def _parse_env(spec: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in spec.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--ab wants NAME=VALUE[,NAME=VALUE...], got {spec!r}")
+    return dict(pairs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gpu", action="store_true", help="the full model on CUDA, compiled and graphed")
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--ab", metavar="NAME=VALUE[,...]",
+                    help="also run the daemon with these variables set (the shim's SHIM_UVLOOP=1, "
+                         "SHIM_SWITCH_INTERVAL=S), alternating with the plain daemon")
+    ap.add_argument("--rounds", type=int, default=1, help="with --ab: plain / variant pairs to run")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ishowttsd-stages-"))
+    variants = [("plain", {})] + ([(a.ab, _parse_env(a.ab))] if a.ab else [])
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for round_no in range(1, (a.rounds if a.ab else 1) + 1):
+        for name, extra_env in variants:
+            samples, marks = _run_daemon(work, a.gpu, a.n, extra_env)
+            label = f"{name} round {round_no}" if a.ab else ""
+            for kind, stages in ((kind, _stages(s, marks)) for kind, s in samples.items()):
+                report[f"{label} {kind}".strip()] = stages
+                print(f"DIAG {label + ' ' if label else ''}{kind} ({len(samples[kind])} requests, "
+                      f"{samples[kind][-1][4]} bytes): median ms since the client's post")
+                for stage, ms in stages.items():
+                    print(f"DIAG   {stage:<18} {ms:8.3f}")
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
     shutil.rmtree(work, ignore_errors=True)

@@ -4,11 +4,13 @@ to ``$TRACE_OUT`` as JSON at exit.  A diagnostic only; the daemon never imports 
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import builtins
 import concurrent.futures
 import json
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -48,6 +50,7 @@ def _wrap_async(owner: Any, name: str, before: str, after: str) -> None:
 
 def _patch() -> None:
     import aiohttp.web_protocol as web_protocol
+    from aiohttp import web
 
     import ishowttsd.api as api
     import ishowttsd.worker as worker
@@ -60,7 +63,10 @@ def _patch() -> None:
     _wrap_async(api, "_send", "send_start", "send_end")
     _wrap(api.ChunkRelay, "push", before="push")
     _wrap(api.ChunkRelay, "first_sent", before="first_sent")
-    _wrap(api.audio_format, "stream_piece", before="piece_encode")
+    _wrap(api.audio_format, "stream_piece", before="piece_encode", after="piece_encoded")
+    # The loop's side of a hand-off: it woke and queued the chunk; the stream's headers went out.
+    _wrap(asyncio.Queue, "put_nowait", before="loop_put")
+    _wrap_async(web.StreamResponse, "prepare", "prepare", "prepared")
     orig_advance = worker.Worker._advance
 
     def advance(self: Any, job: Any, steps: Any) -> bool:
@@ -80,8 +86,20 @@ def _dump() -> None:
         json.dump(_MARKS, f)
 
 
+def _variant() -> None:
+    """What an A/B of the daemon's host side may change, named in the environment:
+    ``SHIM_UVLOOP=1`` runs the event loop on uvloop, ``SHIM_SWITCH_INTERVAL=S`` sets the GIL's."""
+    if os.environ.get("SHIM_UVLOOP") == "1":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if os.environ.get("SHIM_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["SHIM_SWITCH_INTERVAL"]))
+
+
 if os.environ.get("TRACE_OUT"):
     atexit.register(_dump)
+    _variant()
     _import = builtins.__import__
     _patched: list[bool] = []
 

@@ -70,7 +70,8 @@ def test_http_stage_diagnostic_marks_every_stage_on_the_cpu(tmp_path: Path) -> N
     order = {
         "wav": ["data_received", "handler", "enqueued", "advance_in", "job_done", "encode_start", "encoded",
                 "send_start", "send_end"],
-        "stream": ["data_received", "handler", "enqueued", "advance_in", "push", "piece_encode", "first_sent"],
+        "stream": ["data_received", "handler", "enqueued", "advance_in", "push", "loop_put", "prepare", "prepared",
+                   "piece_encode", "piece_encoded", "first_sent"],
     }
     for kind, stages in order.items():
         assert set(stages) <= set(report[kind]), (kind, sorted(report[kind]))
