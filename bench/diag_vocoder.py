@@ -3,7 +3,8 @@
 
 The engine runs Vocos eagerly at each request's exact length, without cuDNN
 (``sampler.exact_length_convs``).  This times the network as the engine runs it, in fp32 and
-with its backbone and output layer in fp16 / bf16 (the inverse STFT stays fp32), at the frame
+with its backbone and output layer in fp16 / bf16 (the inverse STFT stays fp32), and the fp16
+network compiled (``Vocoder.compiled``), at the frame
 counts of the bench's utterance (1030 generated frames) and of a stream's first chunk (289):
 
 - ``events``: CUDA events around one eager call (what the host's launches allow);
@@ -58,6 +59,8 @@ def main() -> None:
         half.backbone.to(dtype)
         half.out.to(dtype)
         variants[name] = (half, dtype)
+    # As the compiled engine decodes (branch vocoder-compile): the fp16 network through torch.compile.
+    variants["fp16 compiled"] = (variants["fp16"][0].compiled(), torch.float16)
     with torch.inference_mode(), sampler.exact_length_convs(device):
         for frames in (1030, 289):
             mel = speech_mel(frames, device)

@@ -247,6 +247,10 @@ class Engine:
         # is fp32 either way); the fp32 one stays for the half-precision guard's redo.
         self._fp32_vocoder = vocoder
         self.vocoder = vocoder if precision == "fp32" else vocoder.at_precision(_DTYPES[precision])
+        if fast is not None and fast.compiled:
+            # Compiled with the DiT's regions, its length dynamic: one trace for every length,
+            # where a re-trace per length had kept it eager (bench/NOTES.md item 7).
+            self.vocoder = self.vocoder.compiled()
         self.vocab = vocab
         self.device = device
         self.precision = precision
@@ -331,8 +335,6 @@ class Engine:
                 caches = accel.configure_caches(cache_dir)
                 progress("compiling the model (cached kernels are reused)")
                 log.info("torch.compile on", extra={"caches": caches or "torch default"})
-                # The vocoder stays eager: compiled it ran 2.7 ms against 2.4 eager on the H100,
-                # and each new audio length cost a ~150 ms re-trace on first use.
             try:
                 fast = accel.FastSolver(
                     dit, device, compile=spec.compile, graphs=spec.cuda_graphs, attention=spec.attention

@@ -64,14 +64,32 @@ class Vocoder(nn.Module):
         twin.out.to(dtype)
         return twin
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def compiled(self, backend: str = "inductor") -> Vocoder:
+        """A copy whose network (backbone, output layer and the spectrum's magnitude and phase)
+        runs through ``torch.compile`` with the frame count dynamic: one compile serves every
+        request's length.  Eager it is about 90 small kernels; the inverse STFT stays eager
+        (complex FFTs)."""
+        twin = copy.copy(self)
+        twin._spectrum = torch.compile(self._spectrum, dynamic=None, backend=backend)  # type: ignore[method-assign]
+        twin._mark_dynamic = True
+        return twin
+
+    _mark_dynamic = False
+
+    def _spectrum(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real and imaginary parts of the spectrum the network predicts, fp32."""
         x = self.backbone(mel.to(self.dtype))
         x = self.out(x).transpose(1, 2).float()
         mag, phase = x.chunk(2, dim=1)
         # Same safeguard as Vocos: exp() of a bad logit must not reach infinity.
         mag = torch.clip(torch.exp(mag), max=1e2)
-        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
-        return self._istft(spec)
+        return mag * torch.cos(phase), mag * torch.sin(phase)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        if self._mark_dynamic:
+            torch._dynamo.maybe_mark_dynamic(mel, 2)
+        real, imag = self._spectrum(mel)
+        return self._istft(torch.complex(real, imag))
 
     def _istft(self, spec: torch.Tensor) -> torch.Tensor:
         window = self.window

@@ -369,6 +369,30 @@ def test_half_vocoder_is_within_fp16_rounding_of_fp32(torch_cuda: Any) -> None:
     assert 40.0 < snr_db < 120.0, snr_db
 
 
+def test_compiled_vocoder_matches_eager_at_every_length_without_recompiling(torch_cuda: Any) -> None:
+    """The compiled engine decodes with the vocoder's network compiled, its length dynamic: at
+    lengths from a short first chunk to a long one, no recompile after the first, and the same
+    audio as the eager half-precision vocoder within fp16 rounding (fused kernels round
+    differently)."""
+    from ishowttsd.engine import sampler
+    from ishowttsd.engine.vocoder import Vocoder
+
+    torch = torch_cuda
+    engine = _load(graphs=True, compile=True)
+    assert engine.fast is not None and engine.fast.compiled
+    assert isinstance(engine.vocoder, Vocoder) and engine.vocoder._mark_dynamic
+    eager = engine._fp32_vocoder.at_precision(torch.float16)
+    worst = 0.0
+    for i, frames in enumerate((289, 64, 131, 700, 1030, 1500)):
+        mel = torch.randn(1, 100, frames, device="cuda", generator=torch.Generator("cuda").manual_seed(frames))
+        with torch._dynamo.config.patch(error_on_recompile=i > 0), torch.inference_mode(), \
+                sampler.exact_length_convs(engine.device):
+            got, want = engine.vocoder(mel), eager(mel)
+        worst = max(worst, float((got - want).norm() / want.norm()))
+    _report("compiled_vocoder", {"relative_distance_to_eager_half": worst})
+    assert worst < 2e-3, worst
+
+
 def test_qkv_rope_gemm_matches_its_reference(torch_cuda: Any) -> None:
     """QuACK's q/k/v GEMM with the bias and the rotation in its epilogue (engine/fused_gemm.py)
     against the same math in fp32, at the bench's shape; its frequency table is QuACK's own."""
