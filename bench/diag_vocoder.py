@@ -59,7 +59,7 @@ def main() -> None:
         half.backbone.to(dtype)
         half.out.to(dtype)
         variants[name] = (half, dtype)
-    # As the compiled engine decodes (branch vocoder-compile): the fp16 network through torch.compile.
+    # As the compiled engine decodes: the fp16 network through torch.compile, its length dynamic.
     variants["fp16 compiled"] = (variants["fp16"][0].compiled(), torch.float16)
     with torch.inference_mode(), sampler.exact_length_convs(device):
         for frames in (1030, 289):
