@@ -15,18 +15,21 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import structlog
 from aiohttp import web
 
 from ishowttsd import audio_format
 from ishowttsd.config import Config
 from ishowttsd.engine.spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, SynthesisRequest
+from ishowttsd.engine.text import Piece
 from ishowttsd.logs import get_logger, text_fingerprint
 from ishowttsd.metrics import Metrics
 from ishowttsd.worker import LIVE, JobCancelled, JobResult, QueueFull, UnknownVoice, Worker, WorkerStopped
+
+if TYPE_CHECKING:
+    from ishowttsd.engine.f5 import Synthesis  # torch: not imported at run time
 
 log = get_logger("ishowttsd.api")
 
@@ -246,7 +249,7 @@ class Synthesizer:
             raise ApiError(503, "not_ready", reason, {"Retry-After": "5"})
 
     async def run(self, req: SynthesisRequest,
-                  on_chunk: Callable[[np.ndarray], None] | None = None) -> JobResult:
+                  on_chunk: Callable[[Piece], None] | None = None) -> JobResult:
         self._check_ready()
         try:
             # A stream's first chunk is kept short, so its first audio comes sooner.
@@ -347,13 +350,14 @@ async def _send(request: web.Request, response: web.StreamResponse) -> web.Strea
     return response
 
 
-async def _encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes | bytearray:
-    """WAV and raw PCM take a fraction of a millisecond (a conversion and a header): encoded on
-    the event loop, since a hop to a thread cost more than the work (0.5 ms of a 1.2 ms encode).
-    Compressed formats take longer and go to a thread."""
+async def _encode(synthesis: Synthesis, fmt: str) -> bytes | bytearray:
+    """WAV and raw PCM are a header and the engine's 16-bit samples, copied: encoded on the
+    event loop, since a hop to a thread costs more than that.  Compressed formats take longer
+    and go to a thread."""
+    args = (synthesis.audio, synthesis.sample_rate, fmt, synthesis.pcm)
     if fmt in audio_format.UNCOMPRESSED:
-        return audio_format.encode(audio, sample_rate, fmt)
-    return await asyncio.to_thread(audio_format.encode, audio, sample_rate, fmt)
+        return audio_format.encode(*args)
+    return await asyncio.to_thread(audio_format.encode, *args)
 
 
 async def speech(request: web.Request) -> web.StreamResponse:
@@ -366,7 +370,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic()
     audio = result.synthesis.audio
     sr = result.synthesis.sample_rate
-    body = await _encode(audio, sr, ask.fmt)
+    body = await _encode(result.synthesis, ask.fmt)
     encode_s = time.monotonic() - t0
     headers = {"X-Untrained-Model": "true"} if service.model_untrained() else {}
     response = await _send(request, web.Response(body=body, content_type=audio_format.content_type(ask.fmt),
@@ -384,12 +388,12 @@ class ChunkRelay:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, handoff_s: float = FIRST_AUDIO_HANDOFF_S) -> None:
-        self.pieces: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self.pieces: asyncio.Queue[Piece | None] = asyncio.Queue()
         self._loop = loop
         self._handoff_s = handoff_s
         self._first_sent = threading.Event()
 
-    def push(self, chunk: np.ndarray) -> None:
+    def push(self, chunk: Piece) -> None:
         """Worker thread: one more chunk."""
         self._loop.call_soon_threadsafe(self.pieces.put_nowait, chunk)
         if not self._first_sent.is_set():
@@ -431,7 +435,7 @@ async def _stream_speech(request: web.Request, service: Service, ask: SpeechAsk)
         piece = first
         while piece is not None:
             t0 = time.monotonic()
-            data = audio_format.stream_piece(piece, sr, ask.fmt)
+            data = audio_format.stream_piece(piece.audio, sr, ask.fmt, piece.pcm)
             encode_s += time.monotonic() - t0
             await response.write(data)
             samples += len(piece)
@@ -458,7 +462,7 @@ async def ishowtts_tts(request: web.Request) -> web.Response:
     t0 = time.monotonic()
     audio = result.synthesis.audio
     sr = result.synthesis.sample_rate
-    wav = await _encode(audio, sr, "wav")
+    wav = await _encode(result.synthesis, "wav")
     encode_s = time.monotonic() - t0
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
     response = web.json_response({

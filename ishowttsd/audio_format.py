@@ -24,6 +24,8 @@ FORMATS: dict[str, tuple[str, str | None, str]] = {
 STREAMABLE = ("wav", "pcm", "mp3")
 # Formats whose encoding is a conversion to 16-bit samples and at most a header.
 UNCOMPRESSED = ("wav", "pcm")
+# Float full scale as 16-bit PCM: symmetric, so +1 and -1 are equally loud.
+PCM_SCALE = 32767.0
 
 
 def content_type(fmt: str) -> str:
@@ -38,8 +40,8 @@ def to_int16(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     fresh from the GPU (not in the CPU's caches) the former version, which also made a mask,
     took 0.66 ms for ten seconds of audio on the dev box (bench/NOTES.md item 40).
     """
-    x = np.multiply(audio, np.float32(32767.0), dtype=np.float32)
-    np.clip(x, -32767.0, 32767.0, out=x)  # NaN stays NaN, +-inf become +-32767
+    x = np.multiply(audio, np.float32(PCM_SCALE), dtype=np.float32)
+    np.clip(x, -PCM_SCALE, PCM_SCALE, out=x)  # NaN stays NaN, +-inf become +-32767
     np.rint(x, out=x)
     if np.isnan(x.max(initial=0.0)):  # a reduction without a temporary finds any NaN
         x[np.isnan(x)] = 0.0
@@ -49,17 +51,23 @@ def to_int16(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def _pcm_body(audio: np.ndarray, header: bytes = b"") -> bytearray:
-    """``header`` then the 16-bit samples, converted in place into the one buffer that is sent
-    (libsndfile wrote WAV through a BytesIO, then copied it out: 0.5 ms more)."""
+def _pcm_body(audio: np.ndarray, header: bytes = b"", pcm: np.ndarray | None = None) -> bytearray:
+    """``header`` then the 16-bit samples, in the one buffer that is sent (libsndfile wrote WAV
+    through a BytesIO, then copied it out: 0.5 ms more).  ``pcm`` is ``to_int16(audio)`` where
+    it is already known (the engine makes it beside the waveform); otherwise it is converted in
+    place here."""
     body = bytearray(len(header) + 2 * len(audio))
     body[: len(header)] = header
-    to_int16(audio, np.frombuffer(body, dtype="<i2", offset=len(header)))
+    samples = np.frombuffer(body, dtype="<i2", offset=len(header))
+    if pcm is None:
+        to_int16(audio, samples)
+    else:
+        samples[:] = pcm
     return body
 
 
-def to_pcm16(audio: np.ndarray) -> bytearray:
-    return _pcm_body(audio)
+def to_pcm16(audio: np.ndarray, pcm: np.ndarray | None = None) -> bytearray:
+    return _pcm_body(audio, pcm=pcm)
 
 
 def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
@@ -72,18 +80,20 @@ def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
     )
 
 
-def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes | bytearray:
+def encode(audio: np.ndarray, sample_rate: int, fmt: str, pcm: np.ndarray | None = None) -> bytes | bytearray:
+    """``audio`` (float32) as a file of ``fmt``; ``pcm``, where given, is ``to_int16(audio)``
+    already made (the engine's), for the formats that carry it as it is."""
     if fmt == "pcm":
-        return to_pcm16(audio)
+        return to_pcm16(audio, pcm)
     if fmt == "wav":
-        return _pcm_body(audio, _wav_header(sample_rate, 2 * len(audio)))
+        return _pcm_body(audio, _wav_header(sample_rate, 2 * len(audio)), pcm)
     major, subtype, _ = FORMATS[fmt]
     buf = io.BytesIO()
     data: np.ndarray
     if subtype == "PCM_16":
         # One float->int16 conversion for every 16-bit format, so pcm, wav and flac carry
         # the same samples (libsndfile's own conversion rounds differently).
-        data = to_int16(audio)
+        data = to_int16(audio) if pcm is None else pcm
     else:
         data = np.clip(np.nan_to_num(audio.astype(np.float32), nan=0.0), -1.0, 1.0)
     sf.write(buf, data, sample_rate, format=major, subtype=subtype)
@@ -95,9 +105,10 @@ def streaming_wav_header(sample_rate: int) -> bytes:
     return _wav_header(sample_rate, 0xFFFFFFFF)
 
 
-def stream_piece(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes | bytearray:
-    """Bytes for one streamed piece (the header, if any, is sent separately)."""
+def stream_piece(audio: np.ndarray, sample_rate: int, fmt: str, pcm: np.ndarray | None = None) -> bytes | bytearray:
+    """Bytes for one streamed piece (the header, if any, is sent separately); ``pcm`` as in
+    :func:`encode`."""
     if fmt in ("wav", "pcm"):
-        return to_pcm16(audio)
+        return to_pcm16(audio, pcm)
     # MP3 frames are self-contained: pieces encoded apart concatenate into one playable stream.
     return encode(audio, sample_rate, fmt)

@@ -24,9 +24,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import numpy as np
-
 from ishowttsd.engine.spec import SynthesisRequest
+from ishowttsd.engine.text import Piece
 from ishowttsd.logs import get_logger
 
 T = TypeVar("T")
@@ -123,7 +122,7 @@ class Worker:
         return time.monotonic() - self._beat
 
     def synthesize(self, req: SynthesisRequest, *, priority: int = LIVE,
-                   on_chunk: Callable[[np.ndarray], None] | None = None,
+                   on_chunk: Callable[[Piece], None] | None = None,
                    first_chunk_bytes: int | None = None) -> Job[JobResult]:
         """Queue a synthesis; the caller awaits job.future and sets job.cancelled to drop it.
 
@@ -247,7 +246,7 @@ class Worker:
         return True
 
     def _synthesize(self, slot: ModelSlot | None, req: SynthesisRequest,
-                    on_chunk: Callable[[np.ndarray], None] | None,
+                    on_chunk: Callable[[Piece], None] | None,
                     should_stop: Callable[[], bool], job: Job[Any],
                     first_chunk_bytes: int | None = None) -> Steps[JobResult]:
         if slot is None:

@@ -16,6 +16,7 @@ import numpy as np
 from ishowttsd import audio_format, clocks, quality, selfcheck
 from ishowttsd.config import SelfcheckConfig
 from ishowttsd.engine.spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, SynthesisRequest
+from ishowttsd.engine.text import Piece
 from ishowttsd.logs import get_logger
 from ishowttsd.worker import BACKGROUND
 
@@ -76,7 +77,7 @@ def _run_background(daemon: Daemon, req: SynthesisRequest, streaming: bool) -> t
     """Synthesise as a background job; (synthesis, compute seconds, seconds to first chunk)."""
     first: list[float] = []
 
-    def on_chunk(_chunk: np.ndarray) -> None:
+    def on_chunk(_chunk: Piece) -> None:
         if not first:
             first.append(time.monotonic())
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ishowttsd.audio_format import PCM_SCALE
+
 from . import accel, checkpoint, sampler, text
 from .errors import Cancelled, EngineError, VoiceError
 from .paths import default_vocab, f5_version
@@ -81,6 +83,7 @@ class EngineInfo:
 @dataclass
 class Synthesis:
     audio: np.ndarray  # float32 mono at sample_rate
+    pcm: np.ndarray  # the same samples as 16-bit PCM (``audio_format.to_int16``'s rendering)
     sample_rate: int
     nfe: int
     chunks: int
@@ -199,6 +202,22 @@ def _peak(wave: Tensor) -> Tensor:
     return torch.linalg.vector_norm(wave, float("inf"))
 
 
+def _pcm16(wave: Tensor) -> Tensor:
+    """``audio_format.to_int16`` on the device: scaled by 32767, clipped (infinities to the
+    ends), rounded half to even, NaN as silence.  Made beside the waveform it is a few
+    microseconds; on the host, with the samples fresh from the GPU and not in the CPU's caches,
+    it was most of a WAV response's encoding (bench/NOTES.md item 43)."""
+    x = torch.nan_to_num(wave.float() * PCM_SCALE, nan=0.0, posinf=PCM_SCALE, neginf=-PCM_SCALE)
+    return x.clamp_(-PCM_SCALE, PCM_SCALE).round_().to(torch.int16)
+
+
+def _to_pinned(t: Tensor) -> Tensor:
+    """Into page-locked host memory, asynchronously: a copy to pageable memory waits for the GPU."""
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
 class _ChunkInput(NamedTuple):
     """What one chunk's solve starts from (kept for a redo in fp32)."""
 
@@ -214,6 +233,7 @@ class _Pending(NamedTuple):
     chunk: _ChunkInput
     dit: nn.Module  # the model it ran on (half precision or the fp32 twin)
     samples: Tensor  # on the host (pinned, filled asynchronously on CUDA)
+    pcm: Tensor  # the same as 16-bit PCM, beside them
     peak: Tensor  # the samples' largest magnitude (NaN if any is NaN), beside them on the host
     done: Any  # torch.cuda.Event recorded after the copy; None where the work is synchronous
     clock: _StageClock
@@ -469,27 +489,24 @@ class Engine:
         # The guard's one number, reduced where the samples are: on the host the check took
         # two passes and two temporaries over the whole waveform, inside every request's time.
         peak = _peak(wave)
+        pcm = _pcm16(wave)
         if self.device.type != "cuda":
-            return _Pending(chunk, dit, wave, peak, None, clock)
-        # Into page-locked memory, asynchronously: a copy to pageable memory waits for the GPU.
-        host = torch.empty(wave.shape, dtype=wave.dtype, pin_memory=True)
-        host.copy_(wave, non_blocking=True)
-        host_peak = torch.empty((), dtype=peak.dtype, pin_memory=True)
-        host_peak.copy_(peak, non_blocking=True)
+            return _Pending(chunk, dit, wave, pcm, peak, None, clock)
         done = torch.cuda.Event()
+        host = _Pending(chunk, dit, _to_pinned(wave), _to_pinned(pcm), _to_pinned(peak), done, clock)
         done.record()
-        return _Pending(chunk, dit, host, host_peak, done, clock)
+        return host
 
     @staticmethod
-    def _collect(pending: _Pending, timings: dict[str, float]) -> np.ndarray:
+    def _collect(pending: _Pending, timings: dict[str, float]) -> text.Piece:
         """Wait for a launched chunk; its samples, and its stage times added to ``timings``."""
         if pending.done is not None:
             pending.done.synchronize()
         ode, vocoder = pending.clock.seconds()
         timings["ode"] += ode
         timings["vocoder"] += vocoder
-        # The array keeps the (pinned) tensor alive: no copy.
-        return pending.samples.numpy().astype(np.float32, copy=False)
+        # The arrays keep the (pinned) tensors alive: no copy.
+        return text.Piece(pending.samples.numpy().astype(np.float32, copy=False), pending.pcm.numpy())
 
     @torch.inference_mode()
     def _warm_vocoder(self, ref: Reference) -> None:
@@ -520,7 +537,7 @@ class Engine:
         voice: PreparedVoice,
         req: SynthesisRequest,
         *,
-        on_chunk: Callable[[np.ndarray], None] | None = None,
+        on_chunk: Callable[[text.Piece], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         first_chunk_bytes: int | None = None,
     ) -> Synthesis:
@@ -541,7 +558,7 @@ class Engine:
         voice: PreparedVoice,
         req: SynthesisRequest,
         *,
-        on_chunk: Callable[[np.ndarray], None] | None = None,
+        on_chunk: Callable[[text.Piece], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         first_chunk_bytes: int | None = None,
     ) -> Generator[None, None, Synthesis]:
@@ -618,10 +635,11 @@ class Engine:
             if self.overlap:
                 yield
             settle(queued.popleft())
-        audio = fader.finish()
+        whole = fader.finish()
         timings["total"] = time.perf_counter() - t_start
         return Synthesis(
-            audio=audio,
+            audio=whole.audio,
+            pcm=whole.pcm,
             sample_rate=SAMPLE_RATE,
             nfe=req.nfe,
             chunks=len(chunks),

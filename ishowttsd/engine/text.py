@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ishowttsd import audio_format
+
 from .presets import HOP_LENGTH
 
 SAMPLE_RATE = 24000
@@ -202,6 +204,45 @@ def fixed_frames(seconds: float) -> int:
     return int(seconds * SAMPLE_RATE / HOP_LENGTH)
 
 
+@dataclass(frozen=True)
+class Piece:
+    """Samples twice: float32 for the engine's users, and the same samples as 16-bit PCM
+    (``audio_format.to_int16``'s rendering), made where the waveform was made, so that a WAV or
+    PCM response needs no conversion on the host."""
+
+    audio: np.ndarray  # float32
+    pcm: np.ndarray  # int16, as long as audio
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def __getitem__(self, span: slice) -> Piece:
+        return Piece(self.audio[span], self.pcm[span])
+
+    @staticmethod
+    def join(pieces: list[Piece]) -> Piece:
+        if not pieces:
+            return EMPTY
+        return Piece(np.concatenate([p.audio for p in pieces]), np.concatenate([p.pcm for p in pieces]))
+
+    @staticmethod
+    def of(audio: np.ndarray) -> Piece:
+        """Float samples with their PCM converted here, on the host."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        return Piece(audio, audio_format.to_int16(audio))
+
+    def read_only(self) -> Piece:
+        """Views that cannot be written through: what the fader keeps for ``finish`` is safe
+        from whoever receives a piece, without a copy of the samples."""
+        audio, pcm = self.audio.view(), self.pcm.view()
+        audio.flags.writeable = False
+        pcm.flags.writeable = False
+        return Piece(audio, pcm)
+
+
+EMPTY = Piece(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int16))
+
+
 @dataclass
 class CrossFader:
     """Joins chunk waveforms with a linear cross-fade and streams the settled samples.
@@ -209,49 +250,47 @@ class CrossFader:
     Each chunk's samples go to ``emit`` as soon as they can no longer change; only the last
     ``fade_samples`` of what came so far are held back, because the next chunk fades over them.
     The result equals upstream's whole-utterance cross-fade, and the concatenation of everything
-    emitted equals ``finish()``'s return value exactly.
+    emitted equals ``finish()``'s return value exactly.  The PCM travels with the samples: only
+    the mixed samples of a fade are converted here, the rest is each chunk's own.
     """
 
     fade_samples: int
-    emit: Callable[[np.ndarray], None] | None = None
-    _held: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-    _out: list[np.ndarray] = field(default_factory=list)
+    emit: Callable[[Piece], None] | None = None
+    _held: Piece = EMPTY
+    _out: list[Piece] = field(default_factory=list)
     _started: bool = False
-    _only: np.ndarray | None = None  # the first chunk's samples, while it is the only one
+    _only: Piece | None = None  # the first chunk, while it is the only one
 
-    def push(self, wave: np.ndarray) -> None:
-        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    def push(self, chunk: Piece) -> None:
         if not self._started:
-            pending = wave
+            pending = chunk
             self._started = True
-            self._only = wave
+            self._only = chunk
         else:
             self._only = None
-            n = min(self.fade_samples, len(self._held), len(wave))
+            n = min(self.fade_samples, len(self._held), len(chunk))
             if n > 0:
                 fade_out = np.linspace(1.0, 0.0, n, dtype=np.float32)
-                mixed = self._held[-n:] * fade_out + wave[:n] * (np.float32(1.0) - fade_out)
-                pending = np.concatenate([self._held[: len(self._held) - n], mixed, wave[n:]])
+                mixed = Piece.of(self._held.audio[-n:] * fade_out + chunk.audio[:n] * (np.float32(1.0) - fade_out))
+                pending = Piece.join([self._held[: len(self._held) - n], mixed, chunk[n:]])
             else:
-                pending = np.concatenate([self._held, wave])
+                pending = Piece.join([self._held, chunk])
         keep = min(self.fade_samples, len(pending))
         self._send(pending[: len(pending) - keep])
         self._held = pending[len(pending) - keep :]
 
-    def finish(self) -> np.ndarray:
+    def finish(self) -> Piece:
         self._send(self._held)
-        self._held = np.zeros(0, dtype=np.float32)
+        self._held = EMPTY
         if self._only is not None:
             # One chunk: what was sent is its samples, whole; spare a copy of the waveform.
-            return np.ascontiguousarray(self._only)
-        if not self._out:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(self._out)
+            return self._only
+        return Piece.join(self._out)
 
-    def _send(self, piece: np.ndarray) -> None:
+    def _send(self, piece: Piece) -> None:
         if len(piece) == 0:
             return
-        piece = np.ascontiguousarray(piece, dtype=np.float32)
+        piece = piece.read_only()
         self._out.append(piece)
         if self.emit is not None:
-            self.emit(piece.copy())
+            self.emit(piece)

@@ -350,6 +350,19 @@ def test_gelu_epilogue_matches_upstream_feed_forward(torch_cuda: Any) -> None:
     assert err < 2 * err_plain + 1e-3, (err, err_plain)
 
 
+def test_device_pcm_equals_the_hosts(torch_cuda: Any) -> None:
+    """The 16-bit samples that WAV and PCM responses carry are made on the GPU (``f5._pcm16``):
+    they must be ``audio_format.to_int16``'s, bit for bit, clipping, NaN and halves included."""
+    from ishowttsd import audio_format
+    from ishowttsd.engine.f5 import _pcm16
+
+    torch = torch_cuda
+    x = torch.randn(1_000_000, device="cuda", generator=torch.Generator("cuda").manual_seed(0)) * 0.7
+    specials = [float("nan"), float("inf"), -float("inf"), 2.0, -1.5, 0.5 / 32767, 1.5 / 32767, -2.5 / 32767]
+    x[: len(specials)] = torch.tensor(specials, device="cuda")
+    np.testing.assert_array_equal(_pcm16(x).cpu().numpy(), audio_format.to_int16(x.cpu().numpy()))
+
+
 def test_half_vocoder_is_within_fp16_rounding_of_fp32(torch_cuda: Any) -> None:
     """The fp16 engine decodes with the vocoder's network in fp16 (ISTFT fp32): on the H100 its
     waveform was 60 dB above the difference from fp32 (bench/NOTES.md item 34)."""

@@ -32,3 +32,17 @@ def test_wav_carries_exactly_the_int16_samples() -> None:
     assert sr == 24000
     np.testing.assert_array_equal(data, audio_format.to_int16(audio))
     assert audio_format.encode(audio, 24000, "pcm") == data.tobytes()
+
+
+def test_pcm_made_elsewhere_is_sent_as_it_is() -> None:
+    """Given the samples' 16-bit rendering (the engine makes it on the device), WAV, raw PCM,
+    FLAC and stream pieces carry it as it is, and it equals what the host would convert."""
+    audio = np.linspace(-0.9, 0.9, 4800, dtype=np.float32)
+    marked = np.arange(4800, dtype=np.int16)  # not to_int16(audio): recognisable
+    for fmt in ("wav", "flac"):
+        data, _ = sf.read(io.BytesIO(audio_format.encode(audio, 24000, fmt, marked)), dtype="int16")
+        np.testing.assert_array_equal(data, marked)
+    assert audio_format.encode(audio, 24000, "pcm", marked) == marked.tobytes()
+    assert audio_format.stream_piece(audio, 24000, "pcm", marked) == marked.tobytes()
+    own = audio_format.to_int16(audio)
+    assert audio_format.encode(audio, 24000, "wav", own) == audio_format.encode(audio, 24000, "wav")

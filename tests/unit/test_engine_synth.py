@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ishowttsd.engine.f5 import Cancelled, Engine, EngineError, _peak
+from ishowttsd import audio_format
+from ishowttsd.engine.f5 import Cancelled, Engine, EngineError, _pcm16, _peak
 from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
+from ishowttsd.engine.text import Piece
 
 LONG = (
     "The first sentence is here. The second sentence follows it closely. "
@@ -32,6 +34,7 @@ def test_synthesis_result(tiny_engine: Any, default_voice: Any) -> None:
     out = tiny_engine.synthesize(default_voice, _req())
     assert out.sample_rate == tiny_engine.sample_rate == 24000
     assert out.audio.dtype == np.float32 and out.audio.ndim == 1
+    np.testing.assert_array_equal(out.pcm, audio_format.to_int16(out.audio))  # made by the engine
     assert np.all(np.isfinite(out.audio)) and np.abs(out.audio).max() > 1e-3
     assert out.nfe == 7 and out.chunks == 1 and out.seed == 7 and not out.fp32_fallback
     assert set(out.timings) == {"text_prep", "ode", "vocoder", "total"}
@@ -74,11 +77,11 @@ def test_other_target_rms_reuses_the_decoded_reference(tiny_engine: Any, default
 
 def test_streaming_chunks_concatenate_to_the_audio(tiny_engine: Any, default_voice: Any) -> None:
     events: list[str] = []
-    pieces: list[np.ndarray] = []
+    pieces: list[Piece] = []
 
-    def on_chunk(samples: np.ndarray) -> None:
+    def on_chunk(piece: Piece) -> None:
         events.append("audio")
-        pieces.append(samples)
+        pieces.append(piece)
 
     def should_stop() -> bool:
         events.append("chunk")
@@ -91,8 +94,10 @@ def test_streaming_chunks_concatenate_to_the_audio(tiny_engine: Any, default_voi
     assert events.count("chunk") == out.chunks
     # audio from chunk 1 is out before chunk 2 starts
     assert events[:3] == ["chunk", "audio", "chunk"]
-    assert all(p.dtype == np.float32 for p in pieces)
-    assert np.array_equal(np.concatenate(pieces), out.audio)
+    assert all(p.audio.dtype == np.float32 and p.pcm.dtype == np.int16 for p in pieces)
+    assert np.array_equal(np.concatenate([p.audio for p in pieces]), out.audio)
+    assert np.array_equal(np.concatenate([p.pcm for p in pieces]), out.pcm)
+    np.testing.assert_array_equal(out.pcm, audio_format.to_int16(out.audio))
     # the same request without a callback gives the same audio
     assert np.array_equal(tiny_engine.synthesize(default_voice, _req(LONG), first_chunk_bytes=40).audio, out.audio)
 
@@ -276,7 +281,7 @@ def test_overlapped_steps_queue_the_next_chunk_first_and_give_the_same_audio(ove
     engine, voice = overlapping
     text = LONG + " " + LONG
     engine.overlap = False
-    plain_chunks: list[np.ndarray] = []
+    plain_chunks: list[Piece] = []
     plain = engine.synthesize(voice, _req(text), on_chunk=plain_chunks.append)
     n = plain.chunks
     assert n >= 3
@@ -289,10 +294,12 @@ def test_overlapped_steps_queue_the_next_chunk_first_and_give_the_same_audio(ove
     assert trace == ["launch", "collect"] * n
     trace.clear()
     engine.overlap = True
-    chunks: list[np.ndarray] = []
+    chunks: list[Piece] = []
     got = _drive(engine.synthesis_steps(voice, _req(text), on_chunk=chunks.append), trace)
     assert np.array_equal(got.audio, plain.audio)
-    assert len(chunks) == len(plain_chunks) and all(map(np.array_equal, chunks, plain_chunks))
+    assert len(chunks) == len(plain_chunks)
+    for a, b in zip(chunks, plain_chunks, strict=True):
+        assert np.array_equal(a.audio, b.audio) and np.array_equal(a.pcm, b.pcm)
     # Two chunks queued before the first wait; then each wait is followed by the next launch.
     assert trace == ["launch", "launch"] + ["yield", "collect", "launch"] * (n - 2) + ["yield", "collect"] * 2
 
@@ -345,3 +352,20 @@ def test_guard_judges_samples_on_the_host_and_on_the_device_alike(samples: list[
     assert Engine._bad(x) is bad
     peak = float(_peak(torch.from_numpy(x)))
     assert Engine._bad_peak(len(x), peak) is bad
+
+
+def test_device_pcm_is_the_hosts_bit_for_bit() -> None:
+    """``f5._pcm16`` (the 16-bit samples made beside the waveform) and ``audio_format.to_int16``
+    (the host's, the reference) must agree on every sample: clipping, the infinities, NaN, and
+    rounding half to even at the exact halves."""
+    rng = np.random.default_rng(3)
+    halves = (np.arange(-8, 9, dtype=np.float32) + np.float32(0.5)) / np.float32(32767.0)
+    x = np.concatenate([
+        (rng.standard_normal(100_000) * 0.5).astype(np.float32),
+        halves,
+        np.array([0.0, -0.0, 1.0, -1.0, 1.00002, -1.00002, 7.0, np.nan, np.inf, -np.inf, 1e-30], dtype=np.float32),
+    ])
+    want = audio_format.to_int16(x)
+    got = _pcm16(torch.from_numpy(x)).numpy()
+    assert got.dtype == np.int16
+    np.testing.assert_array_equal(got, want)

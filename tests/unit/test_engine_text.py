@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ishowttsd import audio_format
 from ishowttsd.engine import text as T
 
 
@@ -162,22 +163,42 @@ def _upstream_crossfade(waves: list[np.ndarray], n: int) -> np.ndarray:
 def test_crossfader_streams_exactly_what_it_returns(fade: int) -> None:
     rng = np.random.default_rng(0)
     waves = [rng.standard_normal(n).astype(np.float32) for n in (5000, 50, 3000, 4000, 7)]
-    pieces: list[np.ndarray] = []
+    pieces: list[T.Piece] = []
     fader = T.CrossFader(fade, pieces.append)
     for wave in waves:
-        fader.push(wave)
-    audio = fader.finish()
-    assert audio.dtype == np.float32
-    assert np.array_equal(np.concatenate(pieces), audio)
-    np.testing.assert_allclose(audio, _upstream_crossfade(waves, fade), atol=1e-6)
+        fader.push(T.Piece.of(wave))
+    whole = fader.finish()
+    assert whole.audio.dtype == np.float32 and whole.pcm.dtype == np.int16
+    assert np.array_equal(np.concatenate([p.audio for p in pieces]), whole.audio)
+    np.testing.assert_allclose(whole.audio, _upstream_crossfade(waves, fade), atol=1e-6)
+    # The PCM is each chunk's own where nothing was mixed, and the mix's converted where it was:
+    # the same as converting the joined waveform.
+    assert np.array_equal(np.concatenate([p.pcm for p in pieces]), whole.pcm)
+    np.testing.assert_array_equal(whole.pcm, audio_format.to_int16(whole.audio))
+
+
+def test_crossfader_carries_the_chunks_own_pcm() -> None:
+    """The PCM that comes with a chunk (the engine's, made on the device) is what goes out for
+    its unmixed samples: none of it is converted again on the host."""
+    wave = np.linspace(-0.5, 0.5, 1000, dtype=np.float32)
+    marked = T.Piece(wave, np.arange(1000, dtype=np.int16))  # not to_int16(wave): recognisable
+    fader = T.CrossFader(100)
+    fader.push(marked)
+    fader.push(marked)
+    pcm = fader.finish().pcm
+    np.testing.assert_array_equal(pcm[:900], np.arange(900))
+    np.testing.assert_array_equal(pcm[1000:], np.arange(100, 1000))
+    fade_out = np.linspace(1.0, 0.0, 100, dtype=np.float32)
+    mixed = wave[900:] * fade_out + wave[:100] * (np.float32(1.0) - fade_out)
+    np.testing.assert_array_equal(pcm[900:1000], audio_format.to_int16(mixed))
 
 
 def test_crossfader_holds_back_only_the_fade_tail() -> None:
-    pieces: list[np.ndarray] = []
+    pieces: list[T.Piece] = []
     fader = T.CrossFader(100, pieces.append)
-    fader.push(np.ones(1000, dtype=np.float32))
+    fader.push(T.Piece.of(np.ones(1000, dtype=np.float32)))
     assert sum(len(p) for p in pieces) == 900
-    fader.push(np.ones(1000, dtype=np.float32))
+    fader.push(T.Piece.of(np.ones(1000, dtype=np.float32)))
     assert sum(len(p) for p in pieces) == 1800
     assert len(fader.finish()) == 1900
 
@@ -185,16 +206,19 @@ def test_crossfader_holds_back_only_the_fade_tail() -> None:
 @pytest.mark.parametrize("emit", [False, True])
 def test_crossfader_returns_a_lone_chunk_without_copying_it(emit: bool) -> None:
     """Most requests are one chunk: its samples are the result as they are (a copy of the whole
-    waveform was on every request's path); what was streamed still adds up to them."""
-    wave = np.random.default_rng(1).standard_normal(5000).astype(np.float32)
-    pieces: list[np.ndarray] = []
+    waveform was on every request's path); what was streamed still adds up to them, and cannot
+    be written through to the result."""
+    chunk = T.Piece.of(np.random.default_rng(1).standard_normal(5000).astype(np.float32))
+    pieces: list[T.Piece] = []
     fader = T.CrossFader(100, pieces.append if emit else None)
-    fader.push(wave)
-    audio = fader.finish()
-    assert np.shares_memory(audio, wave) and np.array_equal(audio, wave)
+    fader.push(chunk)
+    whole = fader.finish()
+    assert np.shares_memory(whole.audio, chunk.audio) and np.shares_memory(whole.pcm, chunk.pcm)
     if emit:
-        assert np.array_equal(np.concatenate(pieces), wave)
+        assert np.array_equal(np.concatenate([p.audio for p in pieces]), chunk.audio)
+        with pytest.raises(ValueError, match="read-only"):
+            pieces[0].audio[0] = 0.0
     fader = T.CrossFader(100)
-    fader.push(wave)
-    fader.push(wave[:300])
-    assert not np.shares_memory(fader.finish(), wave)  # two chunks: the faded join is new
+    fader.push(chunk)
+    fader.push(chunk[:300])
+    assert not np.shares_memory(fader.finish().audio, chunk.audio)  # two chunks: the faded join is new
