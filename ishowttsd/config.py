@@ -56,6 +56,10 @@ class HttpConfig:
     """`[http]`: the public speech API."""
 
     listen: str = "127.0.0.1:8080"
+    # The event loop the API runs on: uvloop (libuv) wakes and hands a stream's first chunk
+    # over faster than asyncio's own (bench/NOTES.md item 44); "asyncio" is the standard one.
+    # Takes effect at restart.
+    event_loop: str = field(default="uvloop", metadata=meta(choices=("uvloop", "asyncio")))
 
 
 @dataclass(frozen=True)

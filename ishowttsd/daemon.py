@@ -68,6 +68,7 @@ def _file_identity(path: str) -> tuple[str, float, int] | None:
 class Daemon:
     def __init__(self, cfg: Config, invocation: Invocation, notifier: Notifier, sinks: LogSinks) -> None:
         self._cfg = cfg
+        self._running_loop = ""  # the event loop run() found: run_daemon's choice; a reload cannot change it
         self.invocation = invocation
         self.notifier = notifier
         self.sinks = sinks
@@ -128,6 +129,7 @@ class Daemon:
     # --- start ------------------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self._running_loop = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self._on_sighup), (signal.SIGUSR1, self._on_sigusr1)):
             loop.add_signal_handler(sig, handler)
@@ -155,7 +157,8 @@ class Daemon:
         self._model_identity = self._identity(self._cfg)
         self._ready_reason = None
         status = self._status_line()
-        log.info("ready", status=status, http=self._cfg.http.listen, admin_socket=self._cfg.admin.socket)
+        log.info("ready", status=status, http=self._cfg.http.listen, admin_socket=self._cfg.admin.socket,
+                 event_loop=self._running_loop)
         self.notifier.ready(status)
         self._spawn(self._watchdog())
         await self._stop.wait()
@@ -317,6 +320,8 @@ class Daemon:
         self.settings.rebase(self._baseline(new_cfg), self._baseline_sources(new_cfg))
         if new_cfg.limits.queue_size != self.worker.queue_size:
             log.warning("queue_size changes take effect at restart", queue_size=self.worker.queue_size)
+        if new_cfg.http.event_loop != self._running_loop:
+            log.warning("event_loop changes take effect at restart", event_loop=self._running_loop)
         return {"model_reloaded": swap_model, "voices": sorted(new_slot.voices),
                 "voice_errors": new_slot.voice_errors, "sources": list(new_cfg.sources)}
 
@@ -374,4 +379,8 @@ def run_daemon(cfg: Config, *, config_path: Path | None, dev: bool, port: int | 
         )
         return config.EX_CONFIG
     daemon = Daemon(cfg, Invocation(config_path, dev, port, cwd), Notifier(), sinks)
+    if cfg.http.event_loop == "uvloop":
+        import uvloop  # a dependency; imported here so that "asyncio" never needs it
+
+        return uvloop.run(daemon.run())
     return asyncio.run(daemon.run())

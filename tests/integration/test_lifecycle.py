@@ -162,3 +162,21 @@ def test_watchdog_pings_stop_while_the_worker_is_stuck(tmp_path: Path) -> None:
         mark = len(n.messages)
         time.sleep(1.0)
         assert all("WATCHDOG=1" not in msg for _, msg in n.messages[mark:]), "no ping while the worker is stuck"
+
+
+def test_event_loop_is_uvloop_unless_configured_otherwise(tmp_path: Path) -> None:
+    """``[http] event_loop``: the daemon runs on uvloop by default and on asyncio's own loop when
+    asked (the ready line names the loop it found running), streams and answers on either, and a
+    reload that changes it says it waits for a restart."""
+    for loop_name, config in (("uvloop", None), ("asyncio", '[http]\nevent_loop = "asyncio"\n')):
+        work = tmp_path / loop_name
+        work.mkdir()
+        with running_daemon(work, config=config) as d:
+            assert d.wait_event("ready")["event_loop"] == loop_name
+            status, headers, body = post_json(d.url + "/v1/audio/speech", {
+                "input": "Streaming on this loop.", "response_format": "pcm", "stream": True})
+            assert status == 200 and headers.get("Transfer-Encoding") == "chunked" and len(body) > 4800
+            if config is not None:
+                (work / "test.toml").write_text('[http]\nevent_loop = "uvloop"\n')
+                d.signal(signal.SIGHUP)
+                assert d.wait_event("event_loop changes take effect at restart")["event_loop"] == "asyncio"
