@@ -123,13 +123,17 @@ class Worker:
 
     def synthesize(self, req: SynthesisRequest, *, priority: int = LIVE,
                    on_chunk: Callable[[Piece], None] | None = None,
-                   first_chunk_bytes: int | None = None) -> Job[JobResult]:
+                   first_chunk_bytes: int | None = None,
+                   on_under_way: Callable[[], None] | None = None) -> Job[JobResult]:
         """Queue a synthesis; the caller awaits job.future and sets job.cancelled to drop it.
 
         ``first_chunk_bytes`` caps the first text chunk, so a stream's first audio comes sooner.
+        ``on_under_way`` is called once, on this thread, when the job first waits for the device
+        with its work queued there: it has passed every check that could refuse it (voice,
+        text, parameters).  An engine that never waits (the CPU's) never calls it.
         """
         job: Job[JobResult] = Job(
-            steps=lambda slot, stop: self._synthesize(slot, req, on_chunk, stop, job, first_chunk_bytes),
+            steps=lambda slot, stop: self._synthesize(slot, req, on_chunk, stop, job, first_chunk_bytes, on_under_way),
             priority=priority)
         self._enqueue(job, limit=self._queue_size if priority == LIVE else None)
         return job
@@ -248,7 +252,8 @@ class Worker:
     def _synthesize(self, slot: ModelSlot | None, req: SynthesisRequest,
                     on_chunk: Callable[[Piece], None] | None,
                     should_stop: Callable[[], bool], job: Job[Any],
-                    first_chunk_bytes: int | None = None) -> Steps[JobResult]:
+                    first_chunk_bytes: int | None = None,
+                    on_under_way: Callable[[], None] | None = None) -> Steps[JobResult]:
         if slot is None:
             raise WorkerStopped("no model is loaded")
         voice = slot.voices.get(req.voice_id)
@@ -256,14 +261,26 @@ class Worker:
             raise UnknownVoice(req.voice_id)
         started = time.monotonic()
         extra = {"first_chunk_bytes": first_chunk_bytes} if first_chunk_bytes else {}
-        synthesis = yield from slot.engine.synthesis_steps(
-            voice, req, on_chunk=on_chunk, should_stop=should_stop, **extra)
+        steps = slot.engine.synthesis_steps(voice, req, on_chunk=on_chunk, should_stop=should_stop, **extra)
+        synthesis = yield from (steps if on_under_way is None else _first_wait_calls(on_under_way, steps))
         finished = time.monotonic()
         self.served += 1
         if job.priority == LIVE:
             self.served_live += 1
         return JobResult(synthesis=synthesis, queue_wait_s=started - job.enqueued_at,
                          started_at=started, finished_at=finished)
+
+
+def _first_wait_calls(hook: Callable[[], None], steps: Steps[T]) -> Steps[T]:
+    """``steps``, calling ``hook`` at its first yield (its first wait for the device)."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    hook()
+    yield
+    return (yield from steps)
 
 
 def _at_once(fn: Callable[[ModelSlot | None], T], slot: ModelSlot | None) -> Steps[T]:

@@ -64,8 +64,17 @@ def _patch() -> None:
     _wrap(api.ChunkRelay, "push", before="push")
     _wrap(api.ChunkRelay, "first_sent", before="first_sent")
     _wrap(api.audio_format, "stream_piece", before="piece_encode", after="piece_encoded")
-    # The loop's side of a hand-off: it woke and queued the chunk; the stream's headers went out.
-    _wrap(asyncio.Queue, "put_nowait", before="loop_put")
+    # The loop's side of a hand-off: it woke and queued the chunk (not the word that the job is
+    # under way, which comes before); the stream's headers went out.
+    put_nowait = asyncio.Queue.put_nowait
+
+    def put_marked(self: Any, item: Any) -> None:
+        if item is not None and not isinstance(item, api._UnderWay):
+            _mark("loop_put")
+        put_nowait(self, item)
+
+    asyncio.Queue.put_nowait = put_marked  # type: ignore[method-assign]
+    _wrap(api.ChunkRelay, "under_way", before="under_way")
     _wrap_async(web.StreamResponse, "prepare", "prepare", "prepared")
     orig_advance = worker.Worker._advance
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from ishowttsd.api import ChunkRelay
+from ishowttsd.engine.text import Piece
 
 
 def _worker(relay: ChunkRelay, chunks: int, returned: list[float]) -> threading.Thread:
@@ -17,7 +18,7 @@ def _worker(relay: ChunkRelay, chunks: int, returned: list[float]) -> threading.
 
     def run() -> None:
         for i in range(chunks):
-            relay.push(np.full(4, float(i), dtype=np.float32))
+            relay.push(Piece.of(np.full(4, float(i) / 8, dtype=np.float32)))
             returned.append(time.monotonic())
         relay.close()
 
@@ -32,18 +33,18 @@ def test_worker_waits_until_the_first_audio_is_sent() -> None:
         returned: list[float] = []
         thread = _worker(relay, 3, returned)
         first = await relay.pieces.get()
-        assert first is not None and first[0] == 0.0
+        assert isinstance(first, Piece) and first.audio[0] == 0.0
         await asyncio.sleep(0.05)  # the loop is sending the first audio; the worker must wait
         sent = time.monotonic()
         relay.first_sent()
         rest = []
-        while (piece := await relay.pieces.get()) is not None:
-            rest.append(float(piece[0]))
+        while (piece := await relay.next_piece()) is not None:
+            rest.append(float(piece.audio[0]))
         await asyncio.to_thread(thread.join)
         return returned, sent, rest
 
     returned, sent, rest = asyncio.run(scenario())
-    assert rest == [1.0, 2.0]
+    assert rest == [0.125, 0.25]
     assert returned[0] >= sent, "the first push returned before the first audio was sent"
 
 

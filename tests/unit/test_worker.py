@@ -14,7 +14,7 @@ import pytest
 
 from ishowttsd.engine.f5 import Engine
 from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
-from ishowttsd.worker import BACKGROUND, LIVE, ModelSlot, Worker
+from ishowttsd.worker import BACKGROUND, LIVE, ModelSlot, UnknownVoice, Worker
 
 TEXTS = {"A": "The first request.", "B": "Then the second one.", "C": "A third, later."}
 
@@ -108,3 +108,19 @@ def test_a_control_call_waits_for_the_work_in_flight_and_holds_back_new_work(set
     later[1].future.result(timeout=60)
     assert ran == ["control after 2 events"]  # after A's launch and collect
     assert traced.events == [("launch", "A"), ("collect", "A"), ("launch", "C"), ("collect", "C")]
+
+
+def test_under_way_is_said_once_between_the_first_launch_and_the_first_wait(setup: Any) -> None:
+    """``on_under_way`` (a stream commits to its 200 on it) comes when the job's work is queued
+    on the device, before anything is waited for; a job refused at its start never says it."""
+    worker, traced, gate = setup
+    said: list[int] = []
+    job = worker.synthesize(_req("A"), on_under_way=lambda: said.append(len(traced.events)))
+    refused = worker.synthesize(SynthesisRequest(text=TEXTS["B"], voice_id="nobody"),
+                                on_under_way=lambda: said.append(-1))
+    gate.set()
+    job.future.result(timeout=60)
+    with pytest.raises(UnknownVoice):
+        refused.future.result(timeout=60)
+    assert said == [1], said  # after A's launch, before its collect
+    assert traced.events == [("launch", "A"), ("collect", "A")]
