@@ -26,7 +26,7 @@ from ishowttsd.engine.spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, SynthesisReques
 from ishowttsd.engine.text import Piece
 from ishowttsd.logs import get_logger, text_fingerprint
 from ishowttsd.metrics import Metrics
-from ishowttsd.worker import LIVE, JobCancelled, JobResult, QueueFull, UnknownVoice, Worker, WorkerStopped
+from ishowttsd.worker import LIVE, Job, JobCancelled, JobResult, QueueFull, UnknownVoice, Worker, WorkerStopped
 
 if TYPE_CHECKING:
     from ishowttsd.engine.f5 import Synthesis  # torch: not imported at run time
@@ -248,8 +248,13 @@ class Synthesizer:
         if reason is not None:
             raise ApiError(503, "not_ready", reason, {"Retry-After": "5"})
 
-    async def run(self, req: SynthesisRequest, on_chunk: Callable[[Piece], None] | None = None,
-                  on_under_way: Callable[[], None] | None = None) -> JobResult:
+    async def run(self, req: SynthesisRequest) -> JobResult:
+        return await self.result(self.submit(req))
+
+    def submit(self, req: SynthesisRequest, on_chunk: Callable[[Piece], None] | None = None,
+               on_under_way: Callable[[], None] | None = None) -> Job[JobResult]:
+        """Queue the job now (the worker may start it before the loop turns again), or raise the
+        ApiError that refuses it."""
         self._check_ready()
         try:
             # A stream's first chunk is kept short, so its first audio comes sooner.
@@ -261,6 +266,10 @@ class Synthesizer:
                            {"Retry-After": RETRY_AFTER_S}) from None
         except WorkerStopped as exc:
             raise ApiError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
+        return job
+
+    async def result(self, job: Job[JobResult]) -> JobResult:
+        """The job's result, or the ApiError that its failure (or its time running out) means."""
         timeout = self.service.config.limits.request_timeout_s
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)), timeout)
@@ -434,14 +443,19 @@ async def _stream_speech(request: web.Request, service: Service, ask: SpeechAsk)
     arrived = time.monotonic()
     relay = ChunkRelay(asyncio.get_running_loop())
     synth = Synthesizer(service)
-    task = asyncio.ensure_future(synth.run(ask.req, on_chunk=relay.push, on_under_way=relay.under_way))
+    job = synth.submit(ask.req, on_chunk=relay.push, on_under_way=relay.under_way)
+    task = asyncio.ensure_future(synth.result(job))
     task.add_done_callback(lambda _t: relay.close())
     # Commit to a 200 once the job is under way on the device (no check can refuse it any more)
     # or has its first audio, whichever comes first; a job refused or failed before that gets its
     # own status.  Committing while the GPU still works sends the headers ahead of the audio
     # (0.15 ms of aiohttp's, and the client's reading of them, off the first audio).  A failure
     # after that ends the stream early, as one after the first audio always did.
-    first = await relay.pieces.get()
+    try:
+        first = await relay.pieces.get()
+    except asyncio.CancelledError:  # the client went away before its first audio: stop the job
+        task.cancel()
+        raise
     if first is None:
         await task  # raises the ApiError for a refused or failed job
     response = web.StreamResponse(headers={"Content-Type": audio_format.content_type(ask.fmt)})

@@ -97,7 +97,8 @@ def _dump() -> None:
 
 def _variant() -> None:
     """What an A/B of the daemon's host side may change, named in the environment:
-    ``SHIM_UVLOOP=1`` runs the event loop on uvloop, ``SHIM_SWITCH_INTERVAL=S`` sets the GIL's."""
+    ``SHIM_UVLOOP=1`` runs the event loop on uvloop (for trees from before bench/NOTES.md item
+    44, which made it the daemon's default), ``SHIM_SWITCH_INTERVAL=S`` sets the GIL's."""
     if os.environ.get("SHIM_UVLOOP") == "1":
         import uvloop
 

@@ -7,6 +7,7 @@ as it does on CUDA (only an overlapping engine says it is under way before its f
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -115,5 +116,38 @@ async def test_a_failure_after_the_commit_ends_the_stream_early(served: Any, aio
         await resp.read()
 
 
-async def client_for(service: _Service, aiohttp_client: Any) -> Any:
-    return await aiohttp_client(create_app(service))  # type: ignore[arg-type]
+async def test_a_client_gone_before_the_commit_drops_its_job(served: Any, aiohttp_client: Any) -> None:
+    """The client leaves while its stream waits in the queue (no headers yet): the job is
+    dropped, never launched.  (After the commit, a failed write stops it, as it always did.)"""
+    service, engine, _voice = served
+    launches: list[int] = []
+    launch = engine._launch
+
+    def counted_launch(*args: Any) -> Any:
+        launches.append(1)
+        return launch(*args)
+
+    engine._launch = counted_launch  # type: ignore[method-assign]
+    gate = threading.Event()
+    service.worker.call(lambda _slot: gate.wait(30))  # the worker busy with something else
+    # handler_cancellation as the daemon runs it: a client's leaving cancels its handler
+    client = await client_for(service, aiohttp_client, handler_cancellation=True)
+    post = asyncio.ensure_future(client.post("/v1/audio/speech", json=_body()))
+    for _ in range(100):
+        if service.worker.depth():
+            break
+        await asyncio.sleep(0.02)
+    assert service.worker.depth() == 1
+    post.cancel()  # the client goes away
+    await asyncio.sleep(0.3)
+    gate.set()
+    for _ in range(100):
+        if not service.worker.depth() and not service.worker._running:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    assert launches == []
+
+
+async def client_for(service: _Service, aiohttp_client: Any, **server: Any) -> Any:
+    return await aiohttp_client(create_app(service), server_kwargs=server)  # type: ignore[arg-type]
