@@ -22,3 +22,22 @@ def default_voice(tiny_engine: Any) -> Any:
     from ishowttsd.engine.spec import VoiceSpec
 
     return tiny_engine.prepare_voice(VoiceSpec(id="default"))
+
+
+@pytest.fixture()
+def overlapping_worker() -> Any:
+    """A running worker thread serving a fresh tiny engine that overlaps its jobs as it does on
+    CUDA (the next chunk or request queued before the last is waited for); yields (worker,
+    engine, default voice) and stops the thread after the test."""
+    from ishowttsd.engine.f5 import Engine
+    from ishowttsd.engine.spec import ModelSpec, VoiceSpec
+    from ishowttsd.worker import ModelSlot, Worker
+
+    engine = Engine.load(ModelSpec(architecture="tiny", weights="untrained", device="cpu"), vocoder="untrained")
+    engine.overlap = True
+    voice = engine.prepare_voice(VoiceSpec(id="default"))
+    worker = Worker(queue_size=8)
+    worker.start()
+    worker.call(lambda _slot: worker.install(ModelSlot(engine=engine, voices={"default": voice}, spec=None))).result()
+    yield worker, engine, voice
+    assert worker.shutdown(10)

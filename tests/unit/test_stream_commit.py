@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -18,7 +17,7 @@ import pytest
 from ishowttsd import config
 from ishowttsd.api import STREAM_FIRST_CHUNK_BYTES, create_app
 from ishowttsd.engine.f5 import Engine
-from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
+from ishowttsd.engine.spec import SynthesisRequest
 from ishowttsd.metrics import Metrics
 from ishowttsd.worker import ModelSlot, Worker
 
@@ -51,15 +50,9 @@ class _Service:
 
 
 @pytest.fixture()
-def served() -> Iterator[tuple[_Service, Engine, Any]]:
-    engine = Engine.load(ModelSpec(architecture="tiny", weights="untrained", device="cpu"), vocoder="untrained")
-    engine.overlap = True
-    voice = engine.prepare_voice(VoiceSpec(id="default"))
-    worker = Worker(queue_size=8)
-    worker.start()
-    worker.call(lambda _slot: worker.install(ModelSlot(engine=engine, voices={"default": voice}, spec=None))).result()
-    yield _Service(worker), engine, voice
-    assert worker.shutdown(10)
+def served(overlapping_worker: tuple[Worker, Engine, Any]) -> tuple[_Service, Engine, Any]:
+    worker, engine, voice = overlapping_worker
+    return _Service(worker), engine, voice
 
 
 def _body(voice: str = "default") -> dict[str, Any]:

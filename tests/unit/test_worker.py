@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ishowttsd.engine.f5 import Engine
-from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
-from ishowttsd.worker import BACKGROUND, LIVE, ModelSlot, UnknownVoice, Worker
+from ishowttsd.engine.spec import SynthesisRequest
+from ishowttsd.worker import BACKGROUND, LIVE, UnknownVoice, Worker
 
 TEXTS = {"A": "The first request.", "B": "Then the second one.", "C": "A third, later."}
 
@@ -48,19 +48,13 @@ class Traced:
 
 
 @pytest.fixture()
-def setup() -> Iterator[tuple[Worker, Traced, threading.Event]]:
-    engine = Engine.load(ModelSpec(architecture="tiny", weights="untrained", device="cpu"), vocoder="untrained")
-    engine.overlap = True
-    voice = engine.prepare_voice(VoiceSpec(id="default"))
-    worker = Worker(queue_size=8)
-    worker.start()
-    worker.call(lambda _slot: worker.install(ModelSlot(engine=engine, voices={"default": voice}, spec=None))).result()
+def setup(overlapping_worker: tuple[Worker, Engine, Any]) -> Iterator[tuple[Worker, Traced, threading.Event]]:
+    worker, engine, _voice = overlapping_worker
     traced = Traced(engine)
     gate = threading.Event()
     worker.call(lambda _slot: gate.wait(10))  # holds the thread until the test has queued its jobs
     yield worker, traced, gate
     gate.set()
-    assert worker.shutdown(10)
 
 
 def _req(key: str) -> SynthesisRequest:
