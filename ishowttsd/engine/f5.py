@@ -493,9 +493,9 @@ class Engine:
         if self.device.type != "cuda":
             return _Pending(chunk, dit, wave, pcm, peak, None, clock)
         done = torch.cuda.Event()
-        host = _Pending(chunk, dit, _to_pinned(wave), _to_pinned(pcm), _to_pinned(peak), done, clock)
-        done.record()
-        return host
+        pending = _Pending(chunk, dit, _to_pinned(wave), _to_pinned(pcm), _to_pinned(peak), done, clock)
+        done.record()  # after the copies were queued: collecting waits for all three
+        return pending
 
     @staticmethod
     def _collect(pending: _Pending, timings: dict[str, float]) -> text.Piece:
