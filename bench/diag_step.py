@@ -43,6 +43,8 @@ AB = {
     # Not an undo but a trial: the B side compiles with inductor's Triton GEMM templates, which
     # can fuse the residual adds and gates into the matmuls' epilogues.
     "max-autotune": ("cuBLAS matmuls (B side: inductor max-autotune, Triton GEMMs with fused epilogues)", {}),
+    "pdl": ("inductor's kernels with programmatic dependent launch (undone: plain launches)", {}),
+    "solve-graph": ("one graph for the text embedding and all steps (undone: a graph per step)", {}),
 }
 
 
@@ -93,10 +95,11 @@ def main() -> None:
     print(f"DIAG eager fp16 vs fp32 eager: relative {rel(eager):.2e} (the fp16 rounding scale)")
     t0 = time.perf_counter()
     fast = accel.FastSolver(eng.dit, eng.device, compile=not args.no_compile, graphs=True)
-    print(f"DIAG solver set-up {time.perf_counter() - t0:.1f} s, attention: {fast.weights.attention}", flush=True)
+    setup = time.perf_counter() - t0
+    print(f"DIAG solver set-up {setup:.1f} s, attention: {fast.weights.attention}, pdl: {fast.pdl}", flush=True)
     with torch.inference_mode():
         t0 = time.perf_counter()
-        fast.precapture([frames])
+        fast.precapture([frames], schedules=[(7, -1.0)])  # as the daemon's warm-up does
         torch.cuda.synchronize()
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -127,8 +130,13 @@ def main() -> None:
         with sampler.exact_length_convs(device):
             voc = cuda_ms(lambda: eng.vocoder(mel))
         print(f"DIAG frames {frames} (bucket {accel.bucket(frames)}): vocoder {voc:.2f} ms")
+        first_n = ref.frames + 250  # a stream's first chunk (about 27 bytes)
+        first_kw = {**kw, "noise": noise[:, :first_n]}
+        fast.precapture([first_n])
         for name in args.ab:
-            other = accel.FastSolver(eng.dit, eng.device, compile=not args.no_compile, graphs=True)
+            other = accel.FastSolver(
+                eng.dit, eng.device, compile=not args.no_compile, graphs=True, pdl=False if name == "pdl" else None
+            )
             other.weights = other.weights._replace(**AB[name][1])
             if name == "qkv-epilogue":
                 other.weights = accel.fast_weights(eng.dit, qkv_epilogue=False)
@@ -141,19 +149,23 @@ def main() -> None:
             if name == "max-autotune":
                 recompile(other, mode="max-autotune-no-cudagraphs")
             t0 = time.perf_counter()
-            other.precapture([frames])
+            other.precapture([frames, first_n], schedules=[] if name == "solve-graph" else [(7, -1.0)])
             capture = time.perf_counter() - t0
             got_o = other.sample(ref_mel, ids, frames, **kw)
             # Alternate the two, five rounds each: clocks and temperature drift by a few percent
             # within a minute, more than some of the differences measured here.
-            rounds_k, rounds_o = [], []
+            rounds: dict[str, list[float]] = {"k": [], "o": [], "k1": [], "o1": []}
             for _ in range(5):
-                rounds_k.append(cuda_ms(lambda: fast.sample(ref_mel, ids, frames, **kw)))
-                rounds_o.append(cuda_ms(lambda other=other: other.sample(ref_mel, ids, frames, **kw)))
-            t_k, t_o = statistics.median(rounds_k), statistics.median(rounds_o)
+                for tag, solver in (("k", fast), ("o", other)):
+                    rounds[tag].append(cuda_ms(lambda s=solver: s.sample(ref_mel, ids, frames, **kw)))
+                    rounds[tag + "1"].append(
+                        cuda_ms(lambda s=solver: s.sample(ref_mel, ids[:, :40], first_n, **first_kw))
+                    )
+            med = {tag: statistics.median(times) for tag, times in rounds.items()}
             print(
-                f"DIAG A/B {AB[name][0]}: fast path {t_k:.2f} ms, without {t_o:.2f} ms "
-                f"(relative to fp32 {rel(got):.2e} and {rel(got_o):.2e}; its first bucket {capture:.1f} s)",
+                f"DIAG A/B {AB[name][0]}: fast path {med['k']:.2f} ms, without {med['o']:.2f} ms; "
+                f"first chunk ({first_n} frames) {med['k1']:.2f} against {med['o1']:.2f} ms "
+                f"(relative to fp32 {rel(got):.2e} and {rel(got_o):.2e}; its first buckets {capture:.1f} s)",
                 flush=True,
             )
         if args.profile:

@@ -25,13 +25,18 @@ tests/unit/test_engine_accel.py checks padded == unpadded.
 Graphs: per (bucket, batch rows, CFG) one text-embedding graph and one *step* graph.  A step
 graph is independent of the NFE and of the time grid: the loop copies each step's
 modulations and step size into the graph's static inputs (two small device copies) and replays.
+For the time grids warm-up names (the configured NFEs and sway) each bucket also gets one
+*solve* graph: the text embedding, every step and those copies in one replay, which saves the
+host's launches and the GPU's gaps between graphs (bench/NOTES.md item 48).  Any other grid
+(an NFE a request or ``set-nfe`` brings later) replays the step graph per step.
 Warm-up captures a few dozen shapes, all sharing one memory pool.  The vocoder runs outside
 the graphs at the exact frame count (engine/f5.py).
 
 Compile: four regions (:class:`Regions`), the block region shared by all blocks, with the
 length dynamic.  Inductor's FX-graph cache and Triton's kernel cache live under
 ``<cache_dir>/inductor`` and ``<cache_dir>/triton`` when a cache dir is given, so a restart
-reuses the kernels.  bench/NOTES.md records what each choice measured.
+reuses the kernels.  On Hopper and later, inductor's kernels are launched with programmatic
+dependent launch (:func:`pdl_supported`).  bench/NOTES.md records what each choice measured.
 """
 
 from __future__ import annotations
@@ -505,7 +510,21 @@ class Regions(NamedTuple):
     dynamic: bool  # mark the length dimension dynamic before the first compile
 
 
-def compiled_regions(dynamic: bool, backend: str = "inductor") -> Regions:
+def pdl_supported(device: torch.device) -> bool:
+    """Whether inductor can launch its kernels with programmatic dependent launch here: a CUDA
+    card of compute capability 9.0 or later (Hopper; the Jetson Orin is 8.7) and a torch whose
+    inductor has the switch.  Each kernel's launch then overlaps the end of the one before it
+    (bench/NOTES.md item 47)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+        return False
+    try:
+        import torch._inductor.config as inductor_config
+    except ImportError:
+        return False
+    return hasattr(inductor_config.triton, "enable_pdl")
+
+
+def compiled_regions(dynamic: bool, backend: str = "inductor", pdl: bool = False) -> Regions:
     """``torch.compile`` of each region.  With ``dynamic`` the sequence length is symbolic from
     the first compile, so every bucket runs the same kernels (a static compile per bucket cost
     about 30 s each on the H100: bench/NOTES.md item 4).  The recompile limit is raised so
@@ -526,11 +545,13 @@ def compiled_regions(dynamic: bool, backend: str = "inductor") -> Regions:
         dynamo_config.automatic_dynamic_shapes = False
     # None: dynamo's default, dynamic exactly where the inputs are marked.
     mode = None if dynamic else False
+    options = {"triton.enable_pdl": True} if pdl and backend == "inductor" else None
+    compile = functools.partial(torch.compile, dynamic=mode, backend=backend, options=options)
     return Regions(
-        embed=torch.compile(_embed_input, dynamic=mode, backend=backend),
-        block=torch.compile(_block, dynamic=mode, backend=backend),
-        finish=torch.compile(_finish, dynamic=mode, backend=backend),
-        text=torch.compile(masked_text_embedding, dynamic=mode, backend=backend),
+        embed=compile(_embed_input),
+        block=compile(_block),
+        finish=compile(_finish),
+        text=compile(masked_text_embedding),
         dynamic=dynamic,
     )
 
@@ -651,12 +672,18 @@ class BatchItem(NamedTuple):
     noise: Tensor  # (1, n, mel) fp32
 
 
+# A time grid: (NFE, sway), as :meth:`FastSolver._schedule` keys them.
+Schedule = tuple[int, float | None]
+
+
 class _Bucket:
     """Static inputs of one (bucket length, batch rows, CFG) shape, and its captured graphs.
 
     Requests are loaded into these buffers (a few device copies each), then the text-embedding
     graph and one step graph per Euler step replay.  A step graph is independent of the NFE and
     of the time grid: each step's modulations and step size are copied into ``modulation``/``dt``.
+    A solve graph (``solves``, per time grid) holds the text embedding, those copies and every
+    step: one replay instead of one per step.
     """
 
     def __init__(
@@ -687,6 +714,7 @@ class _Bucket:
         self.cfg = torch.full((), 2.0, device=device, dtype=dtype)
         self.embed_graph: torch.cuda.CUDAGraph | None = None
         self.step_graph: torch.cuda.CUDAGraph | None = None
+        self.solves: dict[Schedule, torch.cuda.CUDAGraph] = {}
 
     def load(self, row: int, item: BatchItem) -> None:
         """Copy one request into its row: zero padding everywhere past its n frames (the CFG
@@ -739,8 +767,25 @@ class _Bucket:
         with torch.cuda.graph(self.step_graph, pool=pool):
             self.step(step)
 
-    def run(self, step: StepFn, embed_text: TextFn, mods: Tensor, dt: Tensor) -> None:
+    def capture_solve(self, schedule: Schedule, step: StepFn, embed_text: TextFn, mods: Tensor, dt: Tensor,
+                      pool: Any) -> None:
+        """One graph for a whole solve on this time grid, from the compiled regions (already
+        warmed up by :meth:`capture`).  ``mods`` and ``dt`` must outlive it: its copies read them."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            self.embed(embed_text)
+            for i in range(dt.shape[0]):
+                self.modulation.copy_(mods[i])
+                self.dt.copy_(dt[i])
+                self.step(step)
+        self.solves[schedule] = graph
+
+    def run(self, step: StepFn, embed_text: TextFn, mods: Tensor, dt: Tensor, schedule: Schedule) -> None:
         """Text embedding then the Euler steps, replayed where captured."""
+        solve = self.solves.get(schedule)
+        if solve is not None:
+            solve.replay()
+            return
         if self.embed_graph is None:
             self.embed(embed_text)
         else:
@@ -762,6 +807,8 @@ class FastSolver:
     still launches them from Python; both is the fast configuration.  ``backend`` is
     ``torch.compile``'s (tests trace with ``aot_eager``: dynamo's work without code generation).
     ``attention`` is ``[model] attention`` (:func:`_attention`; EngineError if it cannot run).
+    ``pdl``: inductor's programmatic dependent launch; None turns it on where
+    :func:`pdl_supported`.
     """
 
     def __init__(
@@ -775,6 +822,7 @@ class FastSolver:
         dynamic: bool = True,
         backend: str = "inductor",
         attention: str = "auto",
+        pdl: bool | None = None,
     ) -> None:
         if getattr(dit.text_embed, "average_upsampling", False):
             raise ValueError("the fast path does not support text_embedding_average_upsampling")
@@ -783,12 +831,15 @@ class FastSolver:
         self.granularity = granularity
         self.compiled = compile
         self.graphs_enabled = graphs and device.type == "cuda"
-        self.regions = compiled_regions(dynamic, backend) if compile else EAGER
+        self.pdl = compile and (pdl_supported(device) if pdl is None else pdl)
+        self.regions = compiled_regions(dynamic, backend, self.pdl) if compile else EAGER
         self.step: StepFn = functools.partial(masked_step, self.regions)
         self.embed_text: TextFn = functools.partial(text_embedding, self.regions)
         self.weights = fast_weights(dit, attention)
         self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
-        self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
+        self._times: dict[Schedule, tuple[Tensor, Tensor]] = {}
+        # The time grids that get a solve graph in every bucket (precapture's ``schedules``).
+        self._solve_schedules: set[Schedule] = set()
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_enabled else None
         self.capture_s = 0.0
 
@@ -801,6 +852,11 @@ class FastSolver:
     def graph_count(self) -> int:
         """Captured shapes: each is a text-embedding graph and a step graph."""
         return sum(b.step_graph is not None for b in self._buckets.values())
+
+    @property
+    def solve_graph_count(self) -> int:
+        """Captured solve graphs, over every shape and time grid."""
+        return sum(len(b.solves) for b in self._buckets.values())
 
     def _bucket(self, frames: int, rows: int, guided: bool) -> _Bucket:
         key = (frames, rows, guided)
@@ -819,24 +875,39 @@ class FastSolver:
         return found
 
     def _schedule(self, nfe: int, sway: float | None) -> tuple[Tensor, Tensor]:
-        """Each step's modulations (:func:`modulations`) and size, once per (NFE, sway)."""
+        """Each step's modulations (:func:`modulations`) and size, once per (NFE, sway); kept
+        for the solver's life (solve graphs read them)."""
         key = (nfe, sway)
         if key not in self._times:
             time_emb, dt = sampler.time_embeddings(self.dit, nfe, sway, self.device)
             self._times[key] = (modulations(self.dit, time_emb), dt)
         return self._times[key]
 
+    def _solve_graph(self, b: _Bucket, schedule: Schedule) -> None:
+        """Capture the bucket's solve graph for ``schedule`` if it is one of the warm grids and
+        not captured yet."""
+        if schedule in self._solve_schedules and schedule not in b.solves and b.step_graph is not None:
+            t0 = time.perf_counter()
+            b.capture_solve(schedule, self.step, self.embed_text, *self._schedule(*schedule), self._pool)
+            self.capture_s += time.perf_counter() - t0
+
     @torch.inference_mode()
-    def precapture(self, frames: Iterable[int], guided: bool = True, rows: int = 1) -> int:
-        """Capture (and compile) the buckets covering ``frames`` ahead of traffic.  Under
-        inference mode, as requests run: compiled code is guarded on the grad mode."""
+    def precapture(
+        self, frames: Iterable[int], guided: bool = True, rows: int = 1, schedules: Iterable[Schedule] = ()
+    ) -> int:
+        """Capture (and compile) the buckets covering ``frames`` ahead of traffic, each with a
+        solve graph per (NFE, sway) in ``schedules`` (remembered: a bucket captured later gets
+        them too).  Under inference mode, as requests run: compiled code is guarded on the
+        grad mode.  Returns how many buckets were new."""
         if not self.graphs_enabled:
             return 0
+        self._solve_schedules.update(schedules)
         done = 0
         for n in sorted({bucket(f, self.granularity) for f in frames}):
-            if (n, rows, guided) not in self._buckets:
-                self._bucket(n, rows, guided)
-                done += 1
+            done += (n, rows, guided) not in self._buckets
+            b = self._bucket(n, rows, guided)
+            for schedule in sorted(self._solve_schedules, key=repr):
+                self._solve_graph(b, schedule)
         return done
 
     def warm_frames(self, ref_frames: int) -> range:
@@ -871,10 +942,12 @@ class FastSolver:
         if any(bucket(item.frames, self.granularity) != frames for item in items):
             raise ValueError("a batch must share one length bucket")
         b = self._bucket(frames, len(items), sampler.is_guided(cfg_strength))
+        # Before the loads: a capture synchronises the device and would find them done anyway.
+        self._solve_graph(b, (nfe, sway))
         for row, item in enumerate(items):
             b.load(row, item)
         b.cfg.fill_(cfg_strength)
-        b.run(self.step, self.embed_text, *self._schedule(nfe, sway))
+        b.run(self.step, self.embed_text, *self._schedule(nfe, sway), (nfe, sway))
         out = []
         for row, item in enumerate(items):
             ref = item.ref_mel.shape[1]
