@@ -32,6 +32,8 @@ print(f"wav {d['wav']['median']*1e3:.1f} ms (p95 {d['wav']['p95']*1e3:.1f}), "
       f"first audio {d['stream_first_audio']['median']*1e3:.1f} ms (p95 {d['stream_first_audio']['p95']*1e3:.1f}), "
       f"engine {side.get('engine_total_s', 0)*1e3:.1f} ms, encode {side.get('encode_s', 0)*1e3:.2f} ms, "
       f"HTTP and hand-offs {side.get('http_and_handoffs_s', 0)*1e3:.2f} ms, "
+      + (f"bare client wav {d['wav_raw_client']['median']*1e3:.1f} ms, first audio "
+         f"{d['stream_first_audio_raw_client']['median']*1e3:.1f} ms, " if "wav_raw_client" in d else "")
       + ", ".join(f"{k} clients {v['audio_s_per_s']:.1f} audio-s/s" for k, v in t.items()))
 PY
 )" | tee -a "$OUT/ab_daemon.txt"

@@ -421,10 +421,14 @@ def gpu_process_memory(pid: int) -> float | None:
     return None
 
 
+def _speech_body(text: str, *, stream: bool = False, fmt: str = "wav") -> dict[str, Any]:
+    return {"input": text, "voice": "default", "response_format": fmt, "stream": stream, "nfe": 7, "seed": SEED}
+
+
 async def _speech(session: Any, url: str, text: str, *, stream: bool = False, fmt: str = "wav",
                   request_id: str = "") -> tuple[float, float, int]:
     """One request: (total seconds, seconds to first audio byte, audio bytes)."""
-    body = {"input": text, "voice": "default", "response_format": fmt, "stream": stream, "nfe": 7, "seed": SEED}
+    body = _speech_body(text, stream=stream, fmt=fmt)
     headers = {"X-Request-Id": request_id} if request_id else {}
     t0 = time.perf_counter()
     first = None
@@ -463,6 +467,7 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
             firsts.append(f)
         out["stream_first_audio"] = stats(firsts)
         say(f"http stream first audio: median {ms(out['stream_first_audio']['median'])} ms")
+        out.update(_raw_client_bench(url, args, text, nbytes))
         out["throughput"] = {}
         for clients in args.clients:
             per = max(1, args.throughput_requests // clients)
@@ -480,6 +485,38 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
             out["throughput"][clients] = {"requests": per * clients, "audio_s": sum(audio), "wall_s": wall,
                                           "audio_s_per_s": sum(audio) / wall}
             say(f"throughput {clients} clients: {sum(audio) / wall:.1f} audio-s/s")
+    return out
+
+
+def _raw_client_bench(url: str, args: argparse.Namespace, text: str, wav_bytes: int) -> dict[str, Any]:
+    """The WAV and the stream's first audio again, timed by a bare socket client (raw_http.py):
+    the daemon and the loopback without aiohttp's client-side Python."""
+    from urllib.parse import urlsplit
+
+    from raw_http import RawHttp
+
+    where = urlsplit(url)
+    client = RawHttp(where.hostname or "127.0.0.1", where.port or 80)
+    path = "/v1/audio/speech"
+    try:
+        for _ in range(args.warmup):
+            client.post_json(path, _speech_body(text))
+            client.post_json(path, _speech_body(text, stream=True, fmt="pcm"))
+        lat, firsts = [], []
+        for _ in range(args.repeats):
+            t, _, body = client.post_json(path, _speech_body(text))
+            if len(body) != wav_bytes:  # the same seeded request: the same audio as aiohttp's
+                raise RuntimeError(f"raw client got {len(body)} WAV bytes, aiohttp {wav_bytes}")
+            lat.append(t)
+        for _ in range(args.repeats):
+            firsts.append(client.post_json(path, _speech_body(text, stream=True, fmt="pcm"))[1])
+    finally:
+        client.close()
+    audio_s = (wav_bytes - 44) / 2 / 24000
+    out = {"wav_raw_client": {**stats(lat), "audio_s": audio_s, "rtf": statistics.median(lat) / audio_s},
+           "stream_first_audio_raw_client": stats(firsts)}
+    say(f"raw client: wav median {ms(out['wav_raw_client']['median'])} ms, "
+        f"stream first audio median {ms(out['stream_first_audio_raw_client']['median'])} ms")
     return out
 
 
@@ -641,6 +678,8 @@ def table(data: dict[str, Any]) -> str:
             row(f"engine {name}", r, r.get("distance_db_vs_fp32_eager"))
     if "wav" in daemon:
         row(f"HTTP e2e ({daemon.get('variant')})", daemon["wav"])
+    if "wav_raw_client" in daemon:
+        row(f"HTTP e2e ({daemon.get('variant')}), bare socket client", daemon["wav_raw_client"])
     lines.append("")
     for name, v in eng.items():
         sweep = {int(k): r for k, r in v["nfe"].items()}
@@ -663,9 +702,10 @@ def table(data: dict[str, Any]) -> str:
             lines.append(f"HTTP e2e inside the daemon (medians): engine {ms(side['engine_total_s'])} ms, "
                          f"queue {ms(side['queue_wait_s'])} ms, encode {ms(side['encode_s'])} ms, "
                          f"HTTP and hand-offs {ms(side['http_and_handoffs_s'])} ms")
-        if "stream_first_audio" in daemon:
-            lines.append(f"HTTP stream first audio: median {ms(daemon['stream_first_audio']['median'])} ms, "
-                         f"p95 {ms(daemon['stream_first_audio']['p95'])} ms")
+        for key, client in (("stream_first_audio", "aiohttp"), ("stream_first_audio_raw_client", "bare socket")):
+            if key in daemon:
+                lines.append(f"HTTP stream first audio ({client} client): median {ms(daemon[key]['median'])} ms, "
+                             f"p95 {ms(daemon[key]['p95'])} ms")
         for c, t in daemon.get("throughput", {}).items():
             lines.append(f"HTTP throughput {c} clients: {t['audio_s_per_s']:.1f} audio-s/s ({t['requests']} requests)")
         if daemon.get("process_gpu_mem_mib") is not None:

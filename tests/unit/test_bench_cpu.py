@@ -37,6 +37,11 @@ def test_bench_tiny_cpu(tmp_path: Path) -> None:
     assert eager["stream_first_audio"]["median"] > 0
     daemon = phases["daemon"]
     assert daemon["wav"]["audio_s"] > 1 and daemon["stream_first_audio"]["median"] > 0
+    # The bare socket client (bench/raw_http.py) read the same WAV (it checks the byte count)
+    # and a chunked stream's first audio.
+    raw = daemon["wav_raw_client"]
+    assert raw["audio_s"] == daemon["wav"]["audio_s"] and raw["median"] > 0
+    assert 0 < daemon["stream_first_audio_raw_client"]["median"]
     assert set(daemon["throughput"]) == {"1", "4"}
     assert daemon["cold_start_empty_cache_s"] > 0
     # the start-up phases from the daemon's own log lines, in order, ending at READY
@@ -51,7 +56,7 @@ def test_bench_tiny_cpu(tmp_path: Path) -> None:
     side = daemon["wav_server_side"]
     assert side["requests"] == 1 and 0 < side["engine_total_s"] < daemon["wav"]["median"]
     table = (out / "table.md").read_text()
-    assert "stock infer_process" in table and "HTTP e2e" in table
+    assert "stock infer_process" in table and "HTTP e2e" in table and "bare socket client" in table
 
 
 def test_http_stage_diagnostic_marks_every_stage_on_the_cpu(tmp_path: Path) -> None:
