@@ -44,7 +44,6 @@ AB = {
     # can fuse the residual adds and gates into the matmuls' epilogues.
     "max-autotune": ("cuBLAS matmuls (B side: inductor max-autotune, Triton GEMMs with fused epilogues)", {}),
     "pdl": ("inductor's kernels with programmatic dependent launch (undone: plain launches)", {}),
-    "solve-graph": ("one graph for the text embedding and all steps (undone: a graph per step)", {}),
 }
 
 
@@ -99,7 +98,7 @@ def main() -> None:
     print(f"DIAG solver set-up {setup:.1f} s, attention: {fast.weights.attention}, pdl: {fast.pdl}", flush=True)
     with torch.inference_mode():
         t0 = time.perf_counter()
-        fast.precapture([frames], schedules=[(7, -1.0)])  # as the daemon's warm-up does
+        fast.precapture([frames])
         torch.cuda.synchronize()
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -149,7 +148,7 @@ def main() -> None:
             if name == "max-autotune":
                 recompile(other, mode="max-autotune-no-cudagraphs")
             t0 = time.perf_counter()
-            other.precapture([frames, first_n], schedules=[] if name == "solve-graph" else [(7, -1.0)])
+            other.precapture([frames, first_n])
             capture = time.perf_counter() - t0
             got_o = other.sample(ref_mel, ids, frames, **kw)
             # Alternate the two, five rounds each: clocks and temperature drift by a few percent

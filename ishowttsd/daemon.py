@@ -242,9 +242,8 @@ class Daemon:
         # Guided and unguided (cfg_strength 0) requests run different shapes: warm what is configured.
         voice_cfgs = (v.cfg_strength for v in cfg.voices if v.cfg_strength is not None)
         strengths = sorted({cfg.synthesis.cfg_strength, *voice_cfgs})
-        sways = sorted({cfg.synthesis.sway, *(v.sway for v in cfg.voices if v.sway is not None)})
         progress(f"warming up (nfe {', '.join(map(str, nfes))})")
-        engine.warm_up(warm_voice, nfes, strengths, sways)
+        engine.warm_up(warm_voice, nfes, strengths)
         return ModelSlot(engine=engine, voices=voices, spec=cfg.model, voice_errors=errors)
 
     async def _install(self, slot: ModelSlot) -> None:

@@ -25,10 +25,6 @@ tests/unit/test_engine_accel.py checks padded == unpadded.
 Graphs: per (bucket, batch rows, CFG) one text-embedding graph and one *step* graph.  A step
 graph is independent of the NFE and of the time grid: the loop copies each step's
 modulations and step size into the graph's static inputs (two small device copies) and replays.
-For the time grids warm-up names (the configured NFEs and sway) each bucket also gets one
-*solve* graph: the text embedding, every step and those copies in one replay, which saves the
-host's launches and the GPU's gaps between graphs (bench/NOTES.md item 48).  Any other grid
-(an NFE a request or ``set-nfe`` brings later) replays the step graph per step.
 Warm-up captures a few dozen shapes, all sharing one memory pool.  The vocoder runs outside
 the graphs at the exact frame count (engine/f5.py).
 
@@ -533,7 +529,7 @@ def compiled_regions(dynamic: bool, backend: str = "inductor", pdl: bool = False
     Only the length is symbolic (:func:`masked_step` marks it), not every dimension as
     ``dynamic=True`` would make it: with the widths, heads and batch rows static, dynamo traces
     with far less symbolic reasoning and without a second pass to specialise float constants
-    (bench/NOTES.md item 25), and inductor sees the real widths."""
+    (bench/NOTES.md item 25), and inductor sees the real widths.  ``pdl``: see :func:`pdl_supported`."""
     import torch._dynamo.config as dynamo_config
 
     limit = 256
@@ -672,18 +668,12 @@ class BatchItem(NamedTuple):
     noise: Tensor  # (1, n, mel) fp32
 
 
-# A time grid: (NFE, sway), as :meth:`FastSolver._schedule` keys them.
-Schedule = tuple[int, float | None]
-
-
 class _Bucket:
     """Static inputs of one (bucket length, batch rows, CFG) shape, and its captured graphs.
 
     Requests are loaded into these buffers (a few device copies each), then the text-embedding
     graph and one step graph per Euler step replay.  A step graph is independent of the NFE and
     of the time grid: each step's modulations and step size are copied into ``modulation``/``dt``.
-    A solve graph (``solves``, per time grid) holds the text embedding, those copies and every
-    step: one replay instead of one per step.
     """
 
     def __init__(
@@ -714,7 +704,6 @@ class _Bucket:
         self.cfg = torch.full((), 2.0, device=device, dtype=dtype)
         self.embed_graph: torch.cuda.CUDAGraph | None = None
         self.step_graph: torch.cuda.CUDAGraph | None = None
-        self.solves: dict[Schedule, torch.cuda.CUDAGraph] = {}
 
     def load(self, row: int, item: BatchItem) -> None:
         """Copy one request into its row: zero padding everywhere past its n frames (the CFG
@@ -767,25 +756,8 @@ class _Bucket:
         with torch.cuda.graph(self.step_graph, pool=pool):
             self.step(step)
 
-    def capture_solve(self, schedule: Schedule, step: StepFn, embed_text: TextFn, mods: Tensor, dt: Tensor,
-                      pool: Any) -> None:
-        """One graph for a whole solve on this time grid, from the compiled regions (already
-        warmed up by :meth:`capture`).  ``mods`` and ``dt`` must outlive it: its copies read them."""
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            self.embed(embed_text)
-            for i in range(dt.shape[0]):
-                self.modulation.copy_(mods[i])
-                self.dt.copy_(dt[i])
-                self.step(step)
-        self.solves[schedule] = graph
-
-    def run(self, step: StepFn, embed_text: TextFn, mods: Tensor, dt: Tensor, schedule: Schedule) -> None:
+    def run(self, step: StepFn, embed_text: TextFn, mods: Tensor, dt: Tensor) -> None:
         """Text embedding then the Euler steps, replayed where captured."""
-        solve = self.solves.get(schedule)
-        if solve is not None:
-            solve.replay()
-            return
         if self.embed_graph is None:
             self.embed(embed_text)
         else:
@@ -837,9 +809,7 @@ class FastSolver:
         self.embed_text: TextFn = functools.partial(text_embedding, self.regions)
         self.weights = fast_weights(dit, attention)
         self._buckets: dict[tuple[int, int, bool], _Bucket] = {}
-        self._times: dict[Schedule, tuple[Tensor, Tensor]] = {}
-        # The time grids that get a solve graph in every bucket (precapture's ``schedules``).
-        self._solve_schedules: set[Schedule] = set()
+        self._times: dict[tuple[int, float | None], tuple[Tensor, Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs_enabled else None
         self.capture_s = 0.0
 
@@ -852,11 +822,6 @@ class FastSolver:
     def graph_count(self) -> int:
         """Captured shapes: each is a text-embedding graph and a step graph."""
         return sum(b.step_graph is not None for b in self._buckets.values())
-
-    @property
-    def solve_graph_count(self) -> int:
-        """Captured solve graphs, over every shape and time grid."""
-        return sum(len(b.solves) for b in self._buckets.values())
 
     def _bucket(self, frames: int, rows: int, guided: bool) -> _Bucket:
         key = (frames, rows, guided)
@@ -875,39 +840,24 @@ class FastSolver:
         return found
 
     def _schedule(self, nfe: int, sway: float | None) -> tuple[Tensor, Tensor]:
-        """Each step's modulations (:func:`modulations`) and size, once per (NFE, sway); kept
-        for the solver's life (solve graphs read them)."""
+        """Each step's modulations (:func:`modulations`) and size, once per (NFE, sway)."""
         key = (nfe, sway)
         if key not in self._times:
             time_emb, dt = sampler.time_embeddings(self.dit, nfe, sway, self.device)
             self._times[key] = (modulations(self.dit, time_emb), dt)
         return self._times[key]
 
-    def _solve_graph(self, b: _Bucket, schedule: Schedule) -> None:
-        """Capture the bucket's solve graph for ``schedule`` if it is one of the warm grids and
-        not captured yet."""
-        if schedule in self._solve_schedules and schedule not in b.solves and b.step_graph is not None:
-            t0 = time.perf_counter()
-            b.capture_solve(schedule, self.step, self.embed_text, *self._schedule(*schedule), self._pool)
-            self.capture_s += time.perf_counter() - t0
-
     @torch.inference_mode()
-    def precapture(
-        self, frames: Iterable[int], guided: bool = True, rows: int = 1, schedules: Iterable[Schedule] = ()
-    ) -> int:
-        """Capture (and compile) the buckets covering ``frames`` ahead of traffic, each with a
-        solve graph per (NFE, sway) in ``schedules`` (remembered: a bucket captured later gets
-        them too).  Under inference mode, as requests run: compiled code is guarded on the
-        grad mode.  Returns how many buckets were new."""
+    def precapture(self, frames: Iterable[int], guided: bool = True, rows: int = 1) -> int:
+        """Capture (and compile) the buckets covering ``frames`` ahead of traffic.  Under
+        inference mode, as requests run: compiled code is guarded on the grad mode."""
         if not self.graphs_enabled:
             return 0
-        self._solve_schedules.update(schedules)
         done = 0
         for n in sorted({bucket(f, self.granularity) for f in frames}):
-            done += (n, rows, guided) not in self._buckets
-            b = self._bucket(n, rows, guided)
-            for schedule in sorted(self._solve_schedules, key=repr):
-                self._solve_graph(b, schedule)
+            if (n, rows, guided) not in self._buckets:
+                self._bucket(n, rows, guided)
+                done += 1
         return done
 
     def warm_frames(self, ref_frames: int) -> range:
@@ -942,12 +892,10 @@ class FastSolver:
         if any(bucket(item.frames, self.granularity) != frames for item in items):
             raise ValueError("a batch must share one length bucket")
         b = self._bucket(frames, len(items), sampler.is_guided(cfg_strength))
-        # Before the loads: a capture synchronises the device and would find them done anyway.
-        self._solve_graph(b, (nfe, sway))
         for row, item in enumerate(items):
             b.load(row, item)
         b.cfg.fill_(cfg_strength)
-        b.run(self.step, self.embed_text, *self._schedule(nfe, sway), (nfe, sway))
+        b.run(self.step, self.embed_text, *self._schedule(nfe, sway))
         out = []
         for row, item in enumerate(items):
             ref = item.ref_mel.shape[1]

@@ -655,7 +655,6 @@ class Engine:
         voice: PreparedVoice,
         nfe_values: Iterable[int],
         cfg_strengths: Iterable[float] = (SynthesisRequest.cfg_strength,),
-        sways: Iterable[float] = (SynthesisRequest.sway,),
     ) -> None:
         """Run every NFE requests will use once, and check the audio is finite and not silent.
 
@@ -664,8 +663,7 @@ class Engine:
 
         With the fast path on, every length bucket a default-speed request on this voice can
         hit is compiled and captured first, so no request pays for it, for each guidance mode
-        among ``cfg_strengths`` (guided, or unguided at 0: their shapes differ), with a whole-solve
-        graph for each of ``nfe_values`` x ``sways`` (the time grids requests will use).
+        among ``cfg_strengths`` (guided, or unguided at 0: their shapes differ).
         """
         # One strength per guidance mode (the largest): the shapes depend on the mode only.
         strengths = {sampler.is_guided(c): c for c in sorted(set(cfg_strengths))}
@@ -673,17 +671,13 @@ class Engine:
             t0 = time.perf_counter()
             try:
                 frames = self.fast.warm_frames(voice.reference.frames + 1)
-                schedules = list(itertools.product(sorted(set(nfe_values)), sorted(set(sways))))
-                captured = sum(
-                    self.fast.precapture(frames, guided=guided, schedules=schedules) for guided in sorted(strengths)
-                )
+                captured = sum(self.fast.precapture(frames, guided=guided) for guided in sorted(strengths))
             except Exception as exc:
                 raise EngineError(f"compiling/capturing the model failed: {type(exc).__name__}: {exc}") from exc
             log.info(
                 "fast path ready",
                 extra={
                     "graphs": captured,
-                    "solve_graphs": self.fast.solve_graph_count,
                     "pdl": self.fast.pdl,
                     "compiled": self.fast.compiled,
                     "attention": self.fast.attention,

@@ -139,6 +139,7 @@ def test_compiled_fast_path_matches_eager(torch_cuda: Any) -> None:
     del eager
     fast = _load(graphs=True, compile=True)
     assert fast.fast is not None and fast.fast.compiled
+    assert fast.fast.pdl == (torch_cuda.cuda.get_device_capability() >= (9, 0))  # Hopper on
     voice = fast.prepare_voice(VoiceSpec(id="default"))
     fast.warm_up(voice, [7])
     got = _rtf(fast, voice, 7)
@@ -158,34 +159,7 @@ def test_compiled_fast_path_matches_eager(torch_cuda: Any) -> None:
         alone = [fast.fast.sample_batch([item], nfe=7, cfg_strength=2.0, sway=-1.0)[0] for item in items]
     for a, b in zip(pair, alone, strict=True):
         assert float((a - b).norm() / b.norm()) < 5e-3
-    _check_solve_graphs(fast, items[0])
     _check_overlapped_requests(fast, voice)
-
-
-def _check_solve_graphs(engine: Any, item: Any) -> None:
-    """Warm-up's time grid replays one graph per solve; the same solve replayed step by step
-    (as a grid warm-up did not name runs) is the same computation: bit for bit the same mel."""
-    import torch
-
-    from ishowttsd.engine import accel
-
-    solver = engine.fast
-    b = solver._buckets[(accel.bucket(item.frames), 1, True)]
-    assert (7, -1.0) in b.solves
-    kw = {"nfe": 7, "cfg_strength": 2.0, "sway": -1.0}
-    with torch.inference_mode():
-        whole = solver.sample_batch([item], **kw)[0].clone()
-        graph = b.solves.pop((7, -1.0))
-        solver._solve_schedules.discard((7, -1.0))
-        stepwise = solver.sample_batch([item], **kw)[0].clone()
-        other = solver.sample_batch([item], **{**kw, "nfe": 6})[0]
-    b.solves[(7, -1.0)] = graph
-    solver._solve_schedules.add((7, -1.0))
-    assert (6, -1.0) not in b.solves  # a grid warm-up did not name gets no graph of its own
-    assert torch.isfinite(other).all()
-    exact = torch.equal(whole, stepwise)
-    _report("solve_graphs", {"count": solver.solve_graph_count, "pdl": solver.pdl, "exact": exact})
-    assert exact
 
 
 def _check_overlapped_requests(engine: Any, voice: Any) -> None:

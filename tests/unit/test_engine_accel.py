@@ -177,6 +177,28 @@ def test_buckets() -> None:
     assert accel.bucket(1457, 128) == 1536
 
 
+@pytest.mark.parametrize(("backend", "pdl", "options"), [
+    ("inductor", True, {"triton.enable_pdl": True}),
+    ("inductor", False, None),
+    ("aot_eager", True, None),  # only inductor takes options
+])
+def test_pdl_reaches_every_region_compile(
+    monkeypatch: pytest.MonkeyPatch, backend: str, pdl: bool, options: Any
+) -> None:
+    """Programmatic dependent launch is inductor's switch, given to each region's compile; the
+    CPU never has it (nor a card before Hopper: the Jetson Orin is sm_87)."""
+    seen: list[Any] = []
+
+    def record(fn: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["options"])
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    accel.compiled_regions(True, backend, pdl)
+    assert seen == [options] * 4
+    assert not accel.pdl_supported(torch.device("cpu"))
+
+
 def test_compile_and_graphs_are_noops_on_cpu(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
