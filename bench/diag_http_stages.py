@@ -8,7 +8,7 @@ turns, encode, send, a stream's first chunk handed over and written).  The clien
 same monotonic clock, so each stage is printed as the median milliseconds since the post, for
 whole WAV responses and for streams.
 
-Usage: python3 bench/diag_http_stages.py [--gpu] [--n 20] [--json out.json]
+Usage: python3 bench/diag_http_stages.py [--gpu] [--n 20] [--json out.json] [--client raw]
                                         [--ab NAME=VALUE[,...] --rounds R]
 (without --gpu: the tiny model on the CPU, whose engine times mean nothing).  ``--ab`` runs the
 daemon alternately plain and with the shim's variables set (``SHIM_UVLOOP=1``: the event loop
@@ -39,6 +39,33 @@ import rtf  # noqa: E402  (bench/ is on sys.path when run as python3 bench/x.py)
 Sample = tuple[float, float, float, float, int]  # post, headers, first byte, last byte, bytes
 
 
+def _body(kind: str, text: str) -> dict[str, Any]:
+    return {"input": text, "voice": "default", "response_format": "wav" if kind == "wav" else "pcm",
+            "stream": kind == "stream", "nfe": 7, "seed": rtf.SEED}
+
+
+def _requests_raw(url: str, text: str, n: int) -> dict[str, list[Sample]]:
+    """As :func:`_requests`, with the bare socket client (raw_http.py)."""
+    from urllib.parse import urlsplit
+
+    from raw_http import RawHttp
+
+    where = urlsplit(url)
+    client = RawHttp(where.hostname or "127.0.0.1", where.port or 80)
+    out: dict[str, list[Sample]] = {"wav": [], "stream": []}
+    try:
+        for kind in out:
+            for i in range(n + 3):
+                t0 = time.perf_counter()
+                total, first, data = client.post_json("/v1/audio/speech", _body(kind, text))
+                if i >= 3:
+                    out[kind].append((t0, client.headers_at, t0 + first, t0 + total, len(data)))
+                time.sleep(0.03)
+    finally:
+        client.close()
+    return out
+
+
 async def _requests(url: str, text: str, n: int) -> dict[str, list[Sample]]:
     import aiohttp
 
@@ -46,8 +73,7 @@ async def _requests(url: str, text: str, n: int) -> dict[str, list[Sample]]:
     async with aiohttp.ClientSession() as session:
         for kind in out:
             for i in range(n + 3):  # three warm-ups: a stream's first chunk is a length of its own
-                body = {"input": text, "voice": "default", "response_format": "wav" if kind == "wav" else "pcm",
-                        "stream": kind == "stream", "nfe": 7, "seed": rtf.SEED}
+                body = _body(kind, text)
                 t0 = time.perf_counter()
                 first, size = 0.0, 0
                 async with session.post(url + "/v1/audio/speech", json=body) as r:
@@ -76,7 +102,8 @@ def _stages(samples: list[Sample], marks: list[list[Any]]) -> dict[str, float]:
     return dict(sorted(medians.items(), key=lambda kv: kv[1]))
 
 
-def _run_daemon(work: Path, gpu: bool, n: int, extra_env: dict[str, str]) -> tuple[dict[str, list[Sample]], Any]:
+def _run_daemon(work: Path, gpu: bool, n: int, extra_env: dict[str, str], client: str = "aiohttp"
+                ) -> tuple[dict[str, list[Sample]], Any]:
     """One daemon with the shim (and ``extra_env``): its requests' client samples and the marks.
     Daemons started in the same ``work`` share its compile cache."""
     port = rtf.free_port()
@@ -103,7 +130,8 @@ def _run_daemon(work: Path, gpu: bool, n: int, extra_env: dict[str, str]) -> tup
                 if proc.poll() is not None or time.time() > deadline:
                     raise SystemExit(f"daemon did not get ready; see {work / 'daemon.log'}") from None
                 time.sleep(0.1)
-        samples = asyncio.run(_requests(url, rtf.TEXT if gpu else rtf.TINY_TEXT, n))
+        text = rtf.TEXT if gpu else rtf.TINY_TEXT
+        samples = _requests_raw(url, text, n) if client == "raw" else asyncio.run(_requests(url, text, n))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -126,13 +154,15 @@ def main() -> None:
                     help="also run the daemon with these variables set (the shim's SHIM_UVLOOP=1, "
                          "SHIM_SWITCH_INTERVAL=S), alternating with the plain daemon")
     ap.add_argument("--rounds", type=int, default=1, help="with --ab: plain / variant pairs to run")
+    ap.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp",
+                    help="the client: aiohttp's (as rtf.py's main figures) or the bare socket one (raw_http.py)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ishowttsd-stages-"))
     variants = [("plain", {})] + ([(a.ab, _parse_env(a.ab))] if a.ab else [])
     report: dict[str, dict[str, dict[str, float]]] = {}
     for round_no in range(1, (a.rounds if a.ab else 1) + 1):
         for name, extra_env in variants:
-            samples, marks = _run_daemon(work, a.gpu, a.n, extra_env)
+            samples, marks = _run_daemon(work, a.gpu, a.n, extra_env, a.client)
             label = f"{name} round {round_no}" if a.ab else ""
             for kind, stages in ((kind, _stages(s, marks)) for kind, s in samples.items()):
                 report[f"{label} {kind}".strip()] = stages

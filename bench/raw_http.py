@@ -23,6 +23,7 @@ class RawHttp:
         self.sock = socket.create_connection((host, port), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
+        self.headers_at = 0.0
 
     def close(self) -> None:
         self.sock.close()
@@ -39,6 +40,7 @@ class RawHttp:
         t0 = time.perf_counter()
         self.sock.sendall(request)
         status, fields = self._head()
+        self.headers_at = time.perf_counter()  # for diag_http_stages.py's client marks
         first: float | None = None
         parts: list[bytes] = []
         if fields.get("transfer-encoding", "").lower() == "chunked":
