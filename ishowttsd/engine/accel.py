@@ -542,12 +542,12 @@ def compiled_regions(dynamic: bool, backend: str = "inductor", pdl: bool = False
     # None: dynamo's default, dynamic exactly where the inputs are marked.
     mode = None if dynamic else False
     options = {"triton.enable_pdl": True} if pdl and backend == "inductor" else None
-    compile = functools.partial(torch.compile, dynamic=mode, backend=backend, options=options)
+    region = functools.partial(torch.compile, dynamic=mode, backend=backend, options=options)
     return Regions(
-        embed=compile(_embed_input),
-        block=compile(_block),
-        finish=compile(_finish),
-        text=compile(masked_text_embedding),
+        embed=region(_embed_input),
+        block=region(_block),
+        finish=region(_finish),
+        text=region(masked_text_embedding),
         dynamic=dynamic,
     )
 
