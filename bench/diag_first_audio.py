@@ -13,7 +13,11 @@ milliseconds since the call began:
   with what ran before them);
 - the same for a whole one-chunk request (the bench's WAV), to its last copy to the host.
 
-Usage: python3 bench/diag_first_audio.py [--trace out.json]  (a Chrome trace, for Perfetto)
+With ``--timeline`` it adds, without the profiler (which slows the host), the first chunk's
+host and GPU marks on one time axis: host marks with ``time.perf_counter``, GPU marks with CUDA
+events recorded beside them (a GPU mark is when the GPU reached that point of the stream).
+
+Usage: python3 bench/diag_first_audio.py [--trace out.json] [--timeline]  (a Chrome trace, for Perfetto)
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trace", type=Path)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--timeline", action="store_true", help="the first chunk's host and GPU marks, no profiler")
     args = ap.parse_args()
     spec = ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda", compile=True, cuda_graphs=True)
     eng = Engine.load(spec, vocoder="untrained")
@@ -85,6 +90,63 @@ def main() -> None:
         whole = (time.perf_counter() - t) * 1e3
     print(f"DIAG profiled whole request {whole:.2f} ms (host clock)")
     _report("whole request, to its samples on the host", _events(prof), last_copy=True)
+    if args.timeline:  # last: it wraps the engine's methods
+        _timeline(eng, voice, req, args.runs)
+
+
+def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int) -> None:
+    """Median over ``runs`` of each mark's first occurrence (the first chunk's), ms since the call."""
+    import statistics
+
+    host: list[tuple[str, float]] = []
+    gpu: list[tuple[str, Any]] = []
+
+    def mark(name: str, on_gpu: bool = False) -> None:
+        host.append((name, time.perf_counter()))
+        if on_gpu:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            gpu.append((name, event))
+
+    def wrap(owner: Any, name: str, before: str | None, after: str | None, on_gpu: bool = False) -> None:
+        inner = getattr(owner, name)
+
+        def wrapped(*a: Any, **k: Any) -> Any:
+            if before:
+                mark(before, on_gpu)
+            out = inner(*a, **k)
+            if after:
+                mark(after, on_gpu)
+            return out
+
+        setattr(owner, name, wrapped)
+
+    wrap(eng, "_tokens", "text prepared", None)
+    wrap(eng, "_launch", "chunk launch begins", "chunk queued (its end on the GPU)", on_gpu=True)
+    wrap(eng.fast, "sample", None, "solve queued (its end on the GPU)", on_gpu=True)
+    wrap(eng, "_collect", "wait for the chunk", "chunk on the host")
+    rows: dict[str, list[float]] = {}
+    for _ in range(runs):
+        host.clear()
+        gpu.clear()
+        torch.cuda.synchronize()
+        start = torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        start.record()
+        eng.synthesize(voice, req, on_chunk=lambda _a: mark("on_chunk"), first_chunk_bytes=STREAM_FIRST_CHUNK_BYTES)
+        torch.cuda.synchronize()
+        seen: set[str] = set()
+        for name, at in host:
+            if "host " + name not in seen:
+                seen.add("host " + name)
+                rows.setdefault("host " + name, []).append((at - t0) * 1e3)
+        for name, event in gpu:
+            if "GPU " + name not in seen:
+                seen.add("GPU " + name)
+                rows.setdefault("GPU " + name, []).append(start.elapsed_time(event))
+    print(f"DIAG == the first chunk, host and GPU marks (median of {runs}, ms since the call)")
+    for name, times in sorted(rows.items(), key=lambda kv: statistics.median(kv[1])):
+        print(f"DIAG   {statistics.median(times):7.3f}  {name}")
 
 
 def _report(label: str, events: list[Any], last_copy: bool) -> None:
