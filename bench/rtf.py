@@ -9,7 +9,9 @@ What it measures, on the same card, inputs and NFE:
    torch.compile, both), each against an fp32 eager reference for the quality distance;
 3. ishowttsd end to end over HTTP: the real daemon as a subprocess (request in, WAV out),
    streaming time to first audio, throughput with 1/4/16/64 clients, and cold start to READY
-   with an empty and then a warm compile cache; optionally the daemon's own self-check.
+   with an empty and then a warm compile cache; optionally the daemon's own self-check.  The
+   WAV and the first audio are timed twice: by aiohttp's client and by a bare socket client
+   (``raw_http.py``), which has almost no client-side work of its own.
 
 Every timed run is preceded by warm-up runs and bracketed by ``torch.cuda.synchronize``
 (the engine returns host numpy audio, which synchronises anyway).  Results: median, min, p95.
