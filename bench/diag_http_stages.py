@@ -40,18 +40,15 @@ Sample = tuple[float, float, float, float, int]  # post, headers, first byte, la
 
 
 def _body(kind: str, text: str) -> dict[str, Any]:
-    return {"input": text, "voice": "default", "response_format": "wav" if kind == "wav" else "pcm",
-            "stream": kind == "stream", "nfe": 7, "seed": rtf.SEED}
+    """rtf.py's request: a whole WAV, or a stream of raw PCM."""
+    return rtf._speech_body(text, stream=kind == "stream", fmt="wav" if kind == "wav" else "pcm")
 
 
 def _requests_raw(url: str, text: str, n: int) -> dict[str, list[Sample]]:
     """As :func:`_requests`, with the bare socket client (raw_http.py)."""
-    from urllib.parse import urlsplit
-
     from raw_http import RawHttp
 
-    where = urlsplit(url)
-    client = RawHttp(where.hostname or "127.0.0.1", where.port or 80)
+    client = RawHttp.for_url(url)
     out: dict[str, list[Sample]] = {"wav": [], "stream": []}
     try:
         for kind in out:

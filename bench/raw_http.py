@@ -1,10 +1,11 @@
 """A bare HTTP/1.1 client for the benchmark: one kept-alive socket, requests written as bytes,
 responses read with a few lines of parsing (Content-Length or chunked bodies).
 
-Why: aiohttp's client spends about half a millisecond of Python building a request before its
-bytes leave, and more parsing what comes back (bench/NOTES.md items 44 and 49).  That is the
-client's time, not the daemon's; this client takes a few tens of microseconds, so what it
-times is the daemon and the loopback.  rtf.py reports both clients' figures.
+Why: session 8's stage trace put half a millisecond between aiohttp's client posting and the
+daemon reading, which looked like the client's own Python.  This client does almost nothing of
+its own, so what it times is the daemon and the loopback.  Measured beside aiohttp's (rtf.py
+reports both), the medians agree and its p95 is tighter: the time was not the client's
+(bench/NOTES.md item 49).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class RawHttp:
@@ -24,6 +26,12 @@ class RawHttp:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
         self.headers_at = 0.0
+
+    @classmethod
+    def for_url(cls, url: str) -> RawHttp:
+        """A connection to the host and port of ``url`` (http://host:port...)."""
+        where = urlsplit(url)
+        return cls(where.hostname or "127.0.0.1", where.port or 80)
 
     def close(self) -> None:
         self.sock.close()

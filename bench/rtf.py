@@ -493,12 +493,9 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
 def _raw_client_bench(url: str, args: argparse.Namespace, text: str, wav_bytes: int) -> dict[str, Any]:
     """The WAV and the stream's first audio again, timed by a bare socket client (raw_http.py):
     the daemon and the loopback without aiohttp's client-side Python."""
-    from urllib.parse import urlsplit
-
     from raw_http import RawHttp
 
-    where = urlsplit(url)
-    client = RawHttp(where.hostname or "127.0.0.1", where.port or 80)
+    client = RawHttp.for_url(url)
     path = "/v1/audio/speech"
     try:
         for _ in range(args.warmup):
