@@ -51,7 +51,7 @@ def to_int16(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def _pcm_body(audio: np.ndarray, header: bytes = b"", pcm: np.ndarray | None = None) -> bytearray:
+def to_pcm16(audio: np.ndarray, pcm: np.ndarray | None = None, header: bytes = b"") -> bytearray:
     """``header`` then the 16-bit samples, in the one buffer that is sent (libsndfile wrote WAV
     through a BytesIO, then copied it out: 0.5 ms more).  ``pcm`` is ``to_int16(audio)`` where
     it is already known (the engine makes it beside the waveform); otherwise it is converted in
@@ -64,10 +64,6 @@ def _pcm_body(audio: np.ndarray, header: bytes = b"", pcm: np.ndarray | None = N
     else:
         samples[:] = pcm
     return body
-
-
-def to_pcm16(audio: np.ndarray, pcm: np.ndarray | None = None) -> bytearray:
-    return _pcm_body(audio, pcm=pcm)
 
 
 def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
@@ -86,7 +82,7 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str, pcm: np.ndarray | None
     if fmt == "pcm":
         return to_pcm16(audio, pcm)
     if fmt == "wav":
-        return _pcm_body(audio, _wav_header(sample_rate, 2 * len(audio)), pcm)
+        return to_pcm16(audio, pcm, _wav_header(sample_rate, 2 * len(audio)))
     major, subtype, _ = FORMATS[fmt]
     buf = io.BytesIO()
     data: np.ndarray
