@@ -30,7 +30,7 @@ from .errors import Cancelled, EngineError, VoiceError
 from .paths import default_vocab, f5_version
 from .presets import HOP_LENGTH, N_FFT, N_MELS, WIN_LENGTH, get_preset
 from .spec import MAX_NFE, MIN_NFE, SAMPLE_RATE, UNTRAINED, ModelSpec, SynthesisRequest, VoiceSpec
-from .upstream import DiT, MelSpec, convert_char_to_pinyin, list_str_to_idx
+from .upstream import DiT, MelSpec, convert_char_to_pinyin
 from .vocoder import FFT_FRAMES, Vocoder, VocoderLoadError, build_untrained, load_local
 from .voices import PreparedVoice, Reference, ReferenceCache, ReferenceError
 
@@ -434,11 +434,18 @@ class Engine:
     # ------------------------------------------------------------------ synthesis
 
     def _tokens(self, ref_text: str, gen_text: str) -> Tensor:
-        chars = convert_char_to_pinyin([ref_text + gen_text])
-        ids: Tensor = list_str_to_idx(chars, self.vocab)
+        """(1, n) token ids, as upstream's ``list_str_to_idx`` makes them for one text.
+
+        Made as one tensor straight from the list, not through upstream's pad_sequence and a
+        pinned copy: this runs before the GPU has any of a request's work, and each torch call
+        on that path costs ten times its warm-loop time there (cold caches; bench/NOTES.md
+        item 51).
+        """
+        chars = convert_char_to_pinyin([ref_text + gen_text])[0]
+        ids = [[self.vocab.get(c, 0) for c in chars]]
         if self.device.type == "cuda":  # from pageable memory, a copy would wait for the GPU
-            return ids.pin_memory().to(self.device, non_blocking=True)
-        return ids.to(self.device)
+            return torch.tensor(ids, dtype=torch.long, pin_memory=True).to(self.device, non_blocking=True)
+        return torch.tensor(ids, dtype=torch.long)
 
     def _fp32_model(self) -> nn.Module:
         """An fp32 twin of the DiT, built on first need (the weights are the half-precision
@@ -573,7 +580,9 @@ class Engine:
         Where the device runs asynchronously (``overlap``: CUDA), the next chunk is queued
         before the last one is waited for, and the generator yields just before each wait: the
         caller may queue other work then (the worker queues the next request), so the GPU never
-        idles while the host hands audio over.  Elsewhere it never yields.
+        idles while the host hands audio over.  The exception is a listener's (``on_chunk``)
+        first chunk: it is waited for before the second is queued, so that queueing never
+        delays the first audio.  Elsewhere it never yields.
 
         fp16/bf16 guard: a chunk that comes out non-finite or silent is redone in fp32, and the
         chunks queued after that are made in fp32 (chunks already streamed cannot be taken back).
@@ -627,7 +636,11 @@ class Engine:
             noise = sampler.initial_noise(frames, N_MELS, generator, self.device)
             timings["text_prep"] += time.perf_counter() - t_prep
             queued.append(self._launch(dit, ref, ref_mel, _ChunkInput(ids, frames, noise, len(chunk)), req))
-            if len(queued) > (1 if self.overlap else 0):
+            # A listener's first audio is handed over before the next chunk is queued: queueing
+            # one takes the host about as long as the GPU needs for a short first chunk, so on a
+            # slower host the first audio would wait for it (bench/NOTES.md item 51).
+            ahead = 1 if self.overlap and (on_chunk is None or fader.started) else 0
+            if len(queued) > ahead:
                 if self.overlap:
                     yield
                 settle(queued.popleft())

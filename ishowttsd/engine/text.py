@@ -261,6 +261,11 @@ class CrossFader:
     _started: bool = False
     _only: Piece | None = None  # the first chunk, while it is the only one
 
+    @property
+    def started(self) -> bool:
+        """Whether a chunk has come: its samples, less the tail held back, went to ``emit``."""
+        return self._started
+
     def push(self, chunk: Piece) -> None:
         if not self._started:
             pending = chunk

@@ -89,3 +89,18 @@ def test_custom_step_function_is_used(tiny_engine: Any, default_voice: Any) -> N
         tiny_engine.dit, ref_mel, ids, frames, nfe=5, cfg_strength=2.0, sway=-1.0, noise=noise, step=counting_step
     )
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["A short test sentence.", "你好，世界。今天天气很好", "Mixed 中文 and English; “quotes” ‘too’", "€ ü ß ✓"],
+)
+def test_tokens_are_upstreams_ids(tiny_engine: Any, text: str) -> None:
+    """The engine's token ids, made in one step, are what upstream's two steps make."""
+    from ishowttsd.engine.upstream import convert_char_to_pinyin, list_str_to_idx
+
+    ref = "Some call me nature, others call me mother nature. "
+    expected = list_str_to_idx(convert_char_to_pinyin([ref + text]), tiny_engine.vocab)
+    got = tiny_engine._tokens(ref, text)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)

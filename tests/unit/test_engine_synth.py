@@ -294,14 +294,22 @@ def test_overlapped_steps_queue_the_next_chunk_first_and_give_the_same_audio(ove
     assert trace == ["launch", "collect"] * n
     trace.clear()
     engine.overlap = True
+    whole = _drive(engine.synthesis_steps(voice, _req(text)), trace)
+    assert np.array_equal(whole.audio, plain.audio)
+    # Nobody listening: two chunks queued before the first wait; then each wait is followed by
+    # the next launch.
+    assert trace == ["launch", "launch"] + ["yield", "collect", "launch"] * (n - 2) + ["yield", "collect"] * 2
+    trace.clear()
     chunks: list[Piece] = []
     got = _drive(engine.synthesis_steps(voice, _req(text), on_chunk=chunks.append), trace)
     assert np.array_equal(got.audio, plain.audio)
     assert len(chunks) == len(plain_chunks)
     for a, b in zip(chunks, plain_chunks, strict=True):
         assert np.array_equal(a.audio, b.audio) and np.array_equal(a.pcm, b.pcm)
-    # Two chunks queued before the first wait; then each wait is followed by the next launch.
-    assert trace == ["launch", "launch"] + ["yield", "collect", "launch"] * (n - 2) + ["yield", "collect"] * 2
+    # A listener: the first chunk is collected (and handed over) before the second is queued;
+    # from then on the same order as above.
+    assert trace == (["launch", "yield", "collect", "launch"] + ["launch", "yield", "collect"] * (n - 2)
+                     + ["yield", "collect"])
 
 
 def test_two_overlapped_requests_interleaved_each_give_their_own_audio(overlapping: Any) -> None:
