@@ -121,7 +121,16 @@ def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int) -> None:
 
         setattr(owner, name, wrapped)
 
-    wrap(eng, "_tokens", "text prepared", None)
+    from ishowttsd.engine import f5, sampler, text
+
+    wrap(eng, "_tokens", "text prepared", "tokens on the device")
+    wrap(f5, "convert_char_to_pinyin", "pinyin begins", "pinyin done")
+    wrap(f5, "list_str_to_idx", None, "ids made")
+    wrap(text, "estimate_frames", "frame count begins", None)
+    wrap(sampler, "initial_noise", "noise begins", "noise drawn")
+    wrap(f5, "_peak", "vocoder queued, peak begins", None)
+    wrap(f5, "_pcm16", "PCM begins", None)
+    wrap(f5, "_to_pinned", "copies to the host begin", None)
     wrap(eng, "_launch", "chunk launch begins", "chunk queued (its end on the GPU)", on_gpu=True)
     wrap(eng.fast, "sample", None, "solve queued (its end on the GPU)", on_gpu=True)
     wrap(eng, "_collect", "wait for the chunk", "chunk on the host")

@@ -63,6 +63,23 @@ def main() -> None:
     t("initial_noise 716", lambda: sampler.initial_noise(716, 100, gen, dev))
     t("torch.cuda.Event + record", lambda: torch.cuda.Event(enable_timing=True).record())
     t("empty pinned 300k f32", lambda: torch.empty(300000, pin_memory=True))
+    # The alternatives, beside what they would replace.
+    t("ids.to(cuda) from pageable", lambda: ids.to(dev))
+    t("existing generator.manual_seed", lambda: gen.manual_seed(5))
+    t("convert_char_to_pinyin(first) alone", lambda: convert_char_to_pinyin([first]))
+    ref_frames = voice.reference.frames
+    ref_mel = eng._reference_mel(voice.reference, 0.1)
+
+    def prep() -> None:  # what synthesis_steps does between the tokens' start and the launch
+        g = torch.Generator(device=dev).manual_seed(5)
+        ids = eng._tokens(ref, first)
+        wanted = text.estimate_frames(ref_frames, ref, first, 1.0)
+        frames = sampler.total_frames(wanted, ref_mel.shape[1], ids.shape[1])
+        sampler.initial_noise(frames, 100, g, dev)
+
+    t("the whole prep of a chunk", prep)
+    with torch.inference_mode():
+        t("the whole prep, inference_mode", prep)
 
 
 if __name__ == "__main__":
