@@ -17,7 +17,8 @@ With ``--timeline`` it adds, without the profiler (which slows the host), the fi
 host and GPU marks on one time axis: host marks with ``time.perf_counter``, GPU marks with CUDA
 events recorded beside them (a GPU mark is when the GPU reached that point of the stream).
 
-Usage: python3 bench/diag_first_audio.py [--trace out.json] [--timeline]  (a Chrome trace, for Perfetto)
+Usage: python3 bench/diag_first_audio.py [--trace out.json] [--timeline [--no-profile] [--old-tokens]]
+(the trace is a Chrome trace, for Perfetto)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ def main() -> None:
     ap.add_argument("--trace", type=Path)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--timeline", action="store_true", help="the first chunk's host and GPU marks, no profiler")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiled runs (with --timeline)")
+    ap.add_argument("--old-tokens", action="store_true",
+                    help="then the timeline again with the token ids made as upstream makes them (NOTES item 51)")
     args = ap.parse_args()
     spec = ModelSpec(architecture="F5TTS_v1_Base", weights="untrained", device="cuda", compile=True, cuda_graphs=True)
     eng = Engine.load(spec, vocoder="untrained")
@@ -70,12 +75,31 @@ def main() -> None:
 
     firsts = [run() for _ in range(args.runs)]
     print(f"DIAG first audio, engine direct: {', '.join(f'{t:.2f}' for t in firsts)} ms", flush=True)
+    if not args.no_profile:
+        _profiled(eng, voice, req, run, args.trace)
+    if args.timeline:  # last: it wraps the engine's methods
+        _timeline(eng, voice, req, args.runs)
+    if args.old_tokens:
+        setattr(eng, "_tokens", partial(_upstream_tokens, eng))  # noqa: B010
+        print("DIAG == the same, token ids made as upstream makes them")
+        _timeline(eng, voice, req, args.runs)
+
+
+def _upstream_tokens(eng: Any, ref_text: str, gen_text: str) -> torch.Tensor:
+    """What ``Engine._tokens`` did before item 51: upstream's pad_sequence, then a pinned copy."""
+    from ishowttsd.engine.upstream import convert_char_to_pinyin, list_str_to_idx
+
+    ids = list_str_to_idx(convert_char_to_pinyin([ref_text + gen_text]), eng.vocab)
+    return ids.pin_memory().to(eng.device, non_blocking=True)
+
+
+def _profiled(eng: Any, voice: Any, req: SynthesisRequest, run: Any, trace: Path | None) -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof, torch.profiler.record_function(
         "request"
     ):
         first = run()
-    if args.trace:
-        prof.export_chrome_trace(str(args.trace))
+    if trace:
+        prof.export_chrome_trace(str(trace))
     print(f"DIAG profiled first audio {first:.2f} ms (on_chunk, host clock)")
     _report("stream, to the first chunk's samples on the host", _events(prof), last_copy=False)
     # A whole one-chunk request (the bench's WAV): how much of its GPU time is idle.
@@ -90,8 +114,6 @@ def main() -> None:
         whole = (time.perf_counter() - t) * 1e3
     print(f"DIAG profiled whole request {whole:.2f} ms (host clock)")
     _report("whole request, to its samples on the host", _events(prof), last_copy=True)
-    if args.timeline:  # last: it wraps the engine's methods
-        _timeline(eng, voice, req, args.runs)
 
 
 def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int) -> None:
@@ -108,8 +130,13 @@ def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int) -> None:
             event.record()
             gpu.append((name, event))
 
+    wrapped_attrs: list[tuple[Any, str, Any]] = []
+
     def wrap(owner: Any, name: str, before: str | None, after: str | None, on_gpu: bool = False) -> None:
+        if not hasattr(owner, name):  # list_str_to_idx: only the old tokens path calls it
+            return
         inner = getattr(owner, name)
+        wrapped_attrs.append((owner, name, owner.__dict__.get(name)))
 
         def wrapped(*a: Any, **k: Any) -> Any:
             if before:
@@ -121,11 +148,11 @@ def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int) -> None:
 
         setattr(owner, name, wrapped)
 
-    from ishowttsd.engine import f5, sampler, text
+    from ishowttsd.engine import f5, sampler, text, upstream
 
     wrap(eng, "_tokens", "text prepared", "tokens on the device")
     wrap(f5, "convert_char_to_pinyin", "pinyin begins", "pinyin done")
-    wrap(f5, "list_str_to_idx", None, "ids made")
+    wrap(upstream, "list_str_to_idx", None, "ids made")
     wrap(text, "estimate_frames", "frame count begins", None)
     wrap(sampler, "initial_noise", "noise begins", "noise drawn")
     wrap(f5, "_peak", "vocoder queued, peak begins", None)
@@ -156,6 +183,11 @@ def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int) -> None:
     print(f"DIAG == the first chunk, host and GPU marks (median of {runs}, ms since the call)")
     for name, times in sorted(rows.items(), key=lambda kv: statistics.median(kv[1])):
         print(f"DIAG   {statistics.median(times):7.3f}  {name}")
+    for owner, name, own in reversed(wrapped_attrs):  # unwrapped, for a second timeline
+        if own is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, own)
 
 
 def _report(label: str, events: list[Any], last_copy: bool) -> None:
