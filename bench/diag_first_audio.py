@@ -17,7 +17,7 @@ With ``--timeline`` it adds, without the profiler (which slows the host), the fi
 host and GPU marks on one time axis: host marks with ``time.perf_counter``, GPU marks with CUDA
 events recorded beside them (a GPU mark is when the GPU reached that point of the stream).
 
-Usage: python3 bench/diag_first_audio.py [--trace out.json] [--timeline [--no-profile] [--old-tokens]]
+Usage: python3 bench/diag_first_audio.py [--trace out.json] [--timeline [--no-profile] [--worker-thread] [--old-tokens]]
 (the trace is a Chrome trace, for Perfetto)
 """
 
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--timeline", action="store_true", help="the first chunk's host and GPU marks, no profiler")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled runs (with --timeline)")
+    ap.add_argument("--worker-thread", action="store_true",
+                    help="then the timeline again, each call run by a thread woken as the daemon's worker is")
     ap.add_argument("--old-tokens", action="store_true",
                     help="then the timeline again with the token ids made as upstream makes them (NOTES item 51)")
     args = ap.parse_args()
@@ -79,6 +83,10 @@ def main() -> None:
         _profiled(eng, voice, req, run, args.trace)
     if args.timeline:  # last: it wraps the engine's methods
         _timeline(eng, voice, req, args.runs)
+    if args.worker_thread:
+        print("DIAG == the same, each call on a worker thread woken by a condition (as the daemon's)")
+        with _WorkerThread() as worker:
+            _timeline(eng, voice, req, args.runs, worker.call)
     if args.old_tokens:
         setattr(eng, "_tokens", partial(_upstream_tokens, eng))  # noqa: B010
         print("DIAG == the same, token ids made as upstream makes them")
@@ -116,8 +124,51 @@ def _profiled(eng: Any, voice: Any, req: SynthesisRequest, run: Any, trace: Path
     _report("whole request, to its samples on the host", _events(prof), last_copy=True)
 
 
-def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int) -> None:
-    """Median over ``runs`` of each mark's first occurrence (the first chunk's), ms since the call."""
+class _WorkerThread:
+    """A thread that sleeps on a condition between calls and is woken for each, as the daemon's
+    worker is (``Worker._next``): to tell the cost of that from the engine's own."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._task: Callable[[], None] | None = None
+        self._done = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> _WorkerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    def call(self, fn: Callable[[], None]) -> None:
+        self._done.clear()
+        with self._cond:
+            self._task = fn
+            self._cond.notify()
+        self._done.wait()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._task is None and not self._stop:
+                    self._cond.wait(timeout=1.0)
+                if self._stop:
+                    return
+                task, self._task = self._task, None
+            assert task is not None
+            task()
+            self._done.set()
+
+
+def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int,
+              call: Callable[[Callable[[], None]], None] = lambda fn: fn()) -> None:
+    """Median over ``runs`` of each mark's first occurrence (the first chunk's), ms since the call
+    (``call`` runs it: here, or on another thread)."""
     import statistics
 
     host: list[tuple[str, float]] = []
@@ -169,7 +220,8 @@ def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int) -> None:
         start = torch.cuda.Event(enable_timing=True)
         t0 = time.perf_counter()
         start.record()
-        eng.synthesize(voice, req, on_chunk=lambda _a: mark("on_chunk"), first_chunk_bytes=STREAM_FIRST_CHUNK_BYTES)
+        call(lambda: eng.synthesize(voice, req, on_chunk=lambda _a: mark("on_chunk"),
+                                    first_chunk_bytes=STREAM_FIRST_CHUNK_BYTES))
         torch.cuda.synchronize()
         seen: set[str] = set()
         for name, at in host:

@@ -84,11 +84,29 @@ async def _requests(url: str, text: str, n: int) -> dict[str, list[Sample]]:
     return out
 
 
+def _gc_inside(samples: list[Sample], marks: list[list[Any]]) -> tuple[int, float, float]:
+    """Python's collections that started inside a request: count, and mean and largest ms per
+    request (the shim marks each collection's start and stop)."""
+    spans = []
+    start = None
+    for what, at, _thread in marks:
+        if what == "gc_start":
+            start = at
+        elif what == "gc_stop" and start is not None:
+            spans.append((start, at))
+            start = None
+    per_request = [[b - a for a, b in spans if t0 <= a <= end] for t0, _h, _f, end, _ in samples]
+    totals = [sum(x) * 1e3 for x in per_request]
+    return sum(len(x) for x in per_request), statistics.mean(totals), max(totals)
+
+
 def _stages(samples: list[Sample], marks: list[list[Any]]) -> dict[str, float]:
     rows = []
     for t0, headers, first, end, _ in samples:
         row: dict[str, float] = {}
         for what, at, _thread in marks:
+            if what.startswith("gc_"):
+                continue
             if t0 <= at <= end + 0.005:
                 row.setdefault(what, (at - t0) * 1e3)
         row.update(client_headers=(headers - t0) * 1e3, client_first_byte=(first - t0) * 1e3,
@@ -149,7 +167,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--ab", metavar="NAME=VALUE[,...]",
                     help="also run the daemon with these variables set (the shim's SHIM_UVLOOP=1, "
-                         "SHIM_SWITCH_INTERVAL=S), alternating with the plain daemon")
+                         "SHIM_SWITCH_INTERVAL=S, SHIM_GC_FREEZE=1), alternating with the plain daemon")
     ap.add_argument("--rounds", type=int, default=1, help="with --ab: plain / variant pairs to run")
     ap.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp",
                     help="the client: aiohttp's (as rtf.py's main figures) or the bare socket one (raw_http.py)")
@@ -167,6 +185,9 @@ def main() -> None:
                       f"{samples[kind][-1][4]} bytes): median ms since the client's post")
                 for stage, ms in stages.items():
                     print(f"DIAG   {stage:<18} {ms:8.3f}")
+                count, mean_ms, max_ms = _gc_inside(samples[kind], marks)
+                print(f"DIAG   Python collections inside these requests: {count}, "
+                      f"{mean_ms:.3f} ms per request on average, {max_ms:.3f} at most")
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
     shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ import asyncio
 import atexit
 import builtins
 import concurrent.futures
+import gc
 import json
 import os
 import sys
@@ -36,6 +37,22 @@ def _wrap(owner: Any, name: str, before: str | None = None, after: str | None = 
     setattr(owner, name, wrapped)
 
 
+def _freeze_at_first(handler: Any) -> None:
+    """``gc.freeze()`` once, when the first request's bytes arrive (the daemon is loaded by then)."""
+    orig = handler.data_received
+    done: list[bool] = []
+
+    def data_received(self: Any, data: bytes) -> None:
+        if not done:
+            done.append(True)
+            gc.collect()
+            gc.freeze()
+            _mark(f"gc_frozen_{gc.get_freeze_count()}")
+        orig(self, data)
+
+    handler.data_received = data_received
+
+
 def _wrap_async(owner: Any, name: str, before: str, after: str) -> None:
     orig = getattr(owner, name)
 
@@ -56,6 +73,8 @@ def _patch() -> None:
     import ishowttsd.worker as worker
 
     _wrap(web_protocol.RequestHandler, "data_received", before="data_received")
+    if os.environ.get("SHIM_GC_FREEZE") == "1":
+        _freeze_at_first(web_protocol.RequestHandler)
     _wrap_async(api, "speech", "handler", "handler_end")  # create_app looks it up when called
     _wrap(worker.Worker, "_enqueue", after="enqueued")
     _wrap(worker.Worker, "_advance", before="advance_in")
@@ -88,6 +107,13 @@ def _patch() -> None:
     # The job's end as the event loop learns it: marked before the future wakes the loop (after
     # _advance returns, the loop may already be encoding).
     _wrap(concurrent.futures.Future, "set_result", before="job_done")
+    # Inside the engine: its first chunk's host steps, to set beside diag_first_audio's timeline.
+    from ishowttsd.engine import accel, f5
+
+    _wrap(f5.Engine, "_tokens", before="engine_tokens")
+    _wrap(f5.Engine, "_launch", before="launch_in", after="launch_out")
+    _wrap(accel.FastSolver, "sample", after="solve_queued")
+    _wrap(f5, "_peak", before="vocoder_queued")
 
 
 def _dump() -> None:
@@ -95,16 +121,24 @@ def _dump() -> None:
         json.dump(_MARKS, f)
 
 
+def _gc_marks(phase: str, info: dict[str, Any]) -> None:
+    """Python's cyclic collections, as marks: does one land inside a request, and for how long."""
+    _mark(f"gc_{phase}")
+
+
 def _variant() -> None:
     """What an A/B of the daemon's host side may change, named in the environment:
     ``SHIM_UVLOOP=1`` runs the event loop on uvloop (for trees from before bench/NOTES.md item
-    44, which made it the daemon's default), ``SHIM_SWITCH_INTERVAL=S`` sets the GIL's."""
+    44, which made it the daemon's default), ``SHIM_SWITCH_INTERVAL=S`` sets the GIL's,
+    ``SHIM_GC_FREEZE=1`` moves every object alive at the first request out of the collector's
+    reach (``gc.freeze``)."""
     if os.environ.get("SHIM_UVLOOP") == "1":
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if os.environ.get("SHIM_SWITCH_INTERVAL"):
         sys.setswitchinterval(float(os.environ["SHIM_SWITCH_INTERVAL"]))
+    gc.callbacks.append(_gc_marks)
 
 
 if os.environ.get("TRACE_OUT"):
