@@ -639,7 +639,7 @@ class Engine:
             # A listener's first audio is handed over before the next chunk is queued, so it never
             # waits for the host to queue one: 3-4 ms of host on the H200's machines, hidden behind
             # a first chunk's 13 ms of GPU there, but not on a host several times slower than its
-            # GPU, nor when the worker queues another request's work in between (NOTES item 51).
+            # GPU (bench/NOTES.md item 51).
             ahead = 1 if self.overlap and (on_chunk is None or fader.started) else 0
             if len(queued) > ahead:
                 if self.overlap:
