@@ -73,8 +73,8 @@ def test_http_stage_diagnostic_marks_every_stage_on_the_cpu(tmp_path: Path) -> N
     # The daemon's own marks in the order a request passes them; the client's bytes come after
     # the daemon starts sending (not necessarily after its write returns).
     order = {
-        "wav": ["data_received", "handler", "enqueued", "advance_in", "job_done", "encode_start", "encoded",
-                "send_start", "send_end"],
+        "wav": ["data_received", "handler", "enqueued", "advance_in", "engine_tokens", "launch_in", "vocoder_queued",
+                "launch_out", "job_done", "encode_start", "encoded", "send_start", "send_end"],
         "stream": ["data_received", "handler", "enqueued", "advance_in", "push", "loop_put", "prepare", "prepared",
                    "piece_encode", "piece_encoded", "first_sent"],
     }
