@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -39,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile
 from ishowttsd.api import STREAM_FIRST_CHUNK_BYTES
 from ishowttsd.engine.f5 import Engine
 from ishowttsd.engine.spec import ModelSpec, SynthesisRequest, VoiceSpec
+from ishowttsd.worker import Worker
 
 TEXT = "Welcome back to the stream, everyone, thanks for the follows and the subs. Stay tuned, and tell your friends."
 
@@ -81,12 +81,16 @@ def main() -> None:
     print(f"DIAG first audio, engine direct: {', '.join(f'{t:.2f}' for t in firsts)} ms", flush=True)
     if not args.no_profile:
         _profiled(eng, voice, req, run, args.trace)
-    if args.timeline:  # last: it wraps the engine's methods
+    if args.timeline:  # after the plain runs: it wraps the engine's methods (and unwraps them)
         _timeline(eng, voice, req, args.runs)
     if args.worker_thread:
-        print("DIAG == the same, each call on a worker thread woken by a condition (as the daemon's)")
-        with _WorkerThread() as worker:
-            _timeline(eng, voice, req, args.runs, worker.call)
+        print("DIAG == the same, each call on the daemon's worker thread (ishowttsd.worker.Worker)")
+        worker = Worker(queue_size=1)
+        worker.start()
+        try:
+            _timeline(eng, voice, req, args.runs, lambda fn: worker.call(lambda _slot: fn()).result())
+        finally:
+            worker.shutdown(5.0)
     if args.old_tokens:
         setattr(eng, "_tokens", partial(_upstream_tokens, eng))  # noqa: B010
         print("DIAG == the same, token ids made as upstream makes them")
@@ -122,47 +126,6 @@ def _profiled(eng: Any, voice: Any, req: SynthesisRequest, run: Any, trace: Path
         whole = (time.perf_counter() - t) * 1e3
     print(f"DIAG profiled whole request {whole:.2f} ms (host clock)")
     _report("whole request, to its samples on the host", _events(prof), last_copy=True)
-
-
-class _WorkerThread:
-    """A thread that sleeps on a condition between calls and is woken for each, as the daemon's
-    worker is (``Worker._next``): to tell the cost of that from the engine's own."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._task: Callable[[], None] | None = None
-        self._done = threading.Event()
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> _WorkerThread:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join()
-
-    def call(self, fn: Callable[[], None]) -> None:
-        self._done.clear()
-        with self._cond:
-            self._task = fn
-            self._cond.notify()
-        self._done.wait()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._task is None and not self._stop:
-                    self._cond.wait(timeout=1.0)
-                if self._stop:
-                    return
-                task, self._task = self._task, None
-            assert task is not None
-            task()
-            self._done.set()
 
 
 def _timeline(eng: Any, voice: Any, req: SynthesisRequest, runs: int,
