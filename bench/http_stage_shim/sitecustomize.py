@@ -138,11 +138,11 @@ def _variant() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if os.environ.get("SHIM_SWITCH_INTERVAL"):
         sys.setswitchinterval(float(os.environ["SHIM_SWITCH_INTERVAL"]))
-    gc.callbacks.append(_gc_marks)
 
 
 if os.environ.get("TRACE_OUT"):
     atexit.register(_dump)
+    gc.callbacks.append(_gc_marks)
     _variant()
     _import = builtins.__import__
     _patched: list[bool] = []
