@@ -330,6 +330,31 @@ def test_two_overlapped_requests_interleaved_each_give_their_own_audio(overlappi
     assert np.array_equal(results[0].audio, alone[0]) and np.array_equal(results[1].audio, alone[1])
 
 
+def test_a_listener_interleaved_with_another_request_gets_its_own_audio(overlapping: Any) -> None:
+    """A listener's request (its first chunk waited for before its second is queued) taking turns
+    with a whole-text one: each gets what it gets alone, and the listener's pieces add up to it."""
+    engine, voice = overlapping
+    listener, other = _req(LONG, seed=1), _req(LONG, seed=2)
+    alone = engine.synthesize(voice, listener, first_chunk_bytes=60).audio
+    other_alone = engine.synthesize(voice, other).audio
+    pieces: list[Piece] = []
+    steps = [
+        engine.synthesis_steps(voice, listener, on_chunk=pieces.append, first_chunk_bytes=60),
+        engine.synthesis_steps(voice, other),
+    ]
+    results: dict[int, Any] = {}
+    while len(results) < 2:
+        for i, s in enumerate(steps):
+            if i not in results:
+                try:
+                    next(s)
+                except StopIteration as done:
+                    results[i] = done.value
+    assert results[0].chunks >= 3
+    assert np.array_equal(results[0].audio, alone) and np.array_equal(results[1].audio, other_alone)
+    assert np.array_equal(np.concatenate([p.audio for p in pieces]), alone)
+
+
 def test_overlapped_guard_redoes_each_bad_chunk_in_fp32() -> None:
     engine = _tiny(precision="bf16")
     voice = engine.prepare_voice(VoiceSpec(id="default"))
