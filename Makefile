@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	@# (MelSpectrogram) and do all audio I/O with soundfile, so its compiled op library,
 	@# which cannot load beside a CPU torch, is removed.  See README "Why torchaudio ...".
 	$(PY) -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)' || \
-	  rm -f $(VENV)/lib/python*/site-packages/torchaudio/lib/_torchaudio.abi3.so
+	  rm -f $(VENV)/lib/python*/site-packages/torchaudio/lib/_torchaudio*.so
 	$(PY) -c 'import torchaudio.transforms, ishowttsd.engine.upstream, f5_tts.model.cfm' >/dev/null
 	touch $@
 
