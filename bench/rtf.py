@@ -423,6 +423,16 @@ def gpu_process_memory(pid: int) -> float | None:
     return None
 
 
+def _wav_seconds(nbytes: int) -> float:
+    """Seconds of audio in one of the daemon's WAV responses: a 44-byte header, then 16-bit mono
+    samples at 24 kHz."""
+    return (nbytes - 44) / 2 / 24000
+
+
+def _wav_latencies(lat: list[float], audio_s: float) -> dict[str, Any]:
+    return {**stats(lat), "audio_s": audio_s, "rtf": statistics.median(lat) / audio_s}
+
+
 def _speech_body(text: str, *, stream: bool = False, fmt: str = "wav") -> dict[str, Any]:
     return {"input": text, "voice": "default", "response_format": fmt, "stream": stream, "nfe": 7, "seed": SEED}
 
@@ -457,9 +467,8 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
         for i in range(args.repeats):
             t, _, nbytes = await _speech(session, url, text, request_id=f"{WAV_ID}{i}")
             lat.append(t)
-        audio_s = (nbytes - 44) / 2 / 24000
-        out["wav"] = {**stats(lat), "audio_s": audio_s, "rtf": statistics.median(lat) / audio_s,
-                      "latencies_s": lat}
+        audio_s = _wav_seconds(nbytes)
+        out["wav"] = {**_wav_latencies(lat, audio_s), "latencies_s": lat}
         say(f"http wav: median {ms(out['wav']['median'])} ms for {audio_s:.2f} s")
         for _ in range(args.warmup):  # a stream's short first chunk is a length the WAV runs never had
             await _speech(session, url, text, stream=True, fmt="pcm")
@@ -478,7 +487,7 @@ async def http_bench(url: str, args: argparse.Namespace, text: str) -> dict[str,
                 total = 0.0
                 for _ in range(per):
                     _, _, n = await _speech(session, url, text)
-                    total += (n - 44) / 2 / 24000
+                    total += _wav_seconds(n)
                 return total
 
             t0 = time.perf_counter()
@@ -511,8 +520,7 @@ def _raw_client_bench(url: str, args: argparse.Namespace, text: str, wav_bytes: 
             firsts.append(client.post_json(path, _speech_body(text, stream=True, fmt="pcm"))[1])
     finally:
         client.close()
-    audio_s = (wav_bytes - 44) / 2 / 24000
-    out = {"wav_raw_client": {**stats(lat), "audio_s": audio_s, "rtf": statistics.median(lat) / audio_s},
+    out = {"wav_raw_client": _wav_latencies(lat, _wav_seconds(wav_bytes)),
            "stream_first_audio_raw_client": stats(firsts)}
     say(f"raw client: wav median {ms(out['wav_raw_client']['median'])} ms, "
         f"stream first audio median {ms(out['stream_first_audio_raw_client']['median'])} ms")
